@@ -1,0 +1,23 @@
+# nmtbench entry points. `make smoke` and `make test` install everything they need first.
+PYTHON ?= python3
+
+.PHONY: setup smoke train test test-fast lint format
+
+setup:
+	bash scripts/setup.sh
+
+smoke: setup  ## install, then train the default tiny run (toy task, CPU, < 5 min)
+	$(PYTHON) scripts/train.py experiment=smoke
+
+test: setup  ## install, then lint and run the whole test suite on CPU
+	$(PYTHON) -m ruff check .
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+
+test-fast:  ## unit tests only, no install
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/unit
+
+lint:
+	$(PYTHON) -m ruff check .
+
+format:
+	$(PYTHON) -m ruff format .

@@ -1,0 +1,49 @@
+"""Shared fixtures: compose the real configs and shrink them for CPU tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """Compose configs/<config_name>.yaml exactly as the scripts do (without running Hydra)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides or []))
+
+
+def tiny_train_config(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
+    """The smoke experiment shrunk to seconds: tiny toy data, a tiny model, a few steps."""
+    base = [
+        "experiment=smoke",
+        f"paths.root_dir={tmp_path}",
+        f"paths.output_dir={tmp_path / 'run'}",
+        "data.toy.num_train=600",
+        "data.toy.num_valid=40",
+        "data.toy.num_test=40",
+        "data.vocab_size=300",
+        "data.max_tokens=600",
+        "trainer.max_steps=12",
+        "trainer.max_time=null",
+        "trainer.val_check_interval=6",
+        "trainer.log_every_n_steps=2",
+        "trainer.enable_progress_bar=false",
+        "callbacks.progress_bar=null",
+    ]
+    return compose_config(base + list(overrides or []))
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    return lambda overrides=None: tiny_train_config(tmp_path, overrides)
