@@ -1,0 +1,169 @@
+"""Behaviour of the Transformer (nmtbench.models.transformer) against the model interface."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from nmtbench.models import build_model
+from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
+
+PAD, V = 0, 50
+
+
+def tiny(pre_norm: bool = False, **kw) -> TransformerSeq2Seq:
+    cfg = TransformerConfig(
+        num_encoder_layers=2, num_decoder_layers=2, d_model=32, num_heads=4, d_ff=64,
+        pre_norm=pre_norm, max_positions=64, **kw,
+    )
+    torch.manual_seed(0)
+    return TransformerSeq2Seq(cfg, vocab_size=V, pad_id=PAD).eval()
+
+
+def batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    src_lens = torch.tensor([7, 4, 5])
+    tgt_lens = torch.tensor([6, 3, 5])
+    src = torch.randint(4, V, (3, 7), generator=g)
+    tgt = torch.randint(4, V, (3, 6), generator=g)
+    src[torch.arange(7)[None] >= src_lens[:, None]] = PAD
+    tgt[torch.arange(6)[None] >= tgt_lens[:, None]] = PAD
+    return src, src_lens, tgt, tgt_lens
+
+
+def test_output_shapes_and_memory():
+    model = tiny()
+    src, src_lens, tgt, _ = batch()
+    assert model(src, src_lens, tgt).shape == (3, 6, V)
+    memory = model.encode(src, src_lens)
+    assert memory["enc"].shape == (3, 7, 32)
+    assert memory["src_mask"].dtype == torch.bool
+    assert memory["src_mask"].sum(1).tolist() == src_lens.tolist()
+    assert model.model_dim == 32
+
+
+def test_padding_invariance():
+    """Garbage at padded source and target positions changes no output at real positions."""
+    model = tiny()
+    src, src_lens, tgt, tgt_lens = batch()
+    ref = model(src, src_lens, tgt)
+    src2, tgt2 = src.clone(), tgt.clone()
+    src_pad = torch.arange(7)[None] >= src_lens[:, None]
+    tgt_pad = torch.arange(6)[None] >= tgt_lens[:, None]
+    src2[src_pad] = torch.randint(4, V, (int(src_pad.sum()),))
+    tgt2[tgt_pad] = torch.randint(4, V, (int(tgt_pad.sum()),))
+    out = model(src2, src_lens, tgt2)
+    real = ~tgt_pad
+    torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-5)
+    # and the source padding really is ignored rather than everything being constant
+    src3 = src.clone()
+    src3[0, 0] = (src3[0, 0] + 1) % V
+    assert not torch.allclose(model(src3, src_lens, tgt)[0], ref[0])
+
+
+def test_causality():
+    model = tiny()
+    src, src_lens, tgt, _ = batch()
+    ref = model(src, src_lens, tgt)
+    tgt2 = tgt.clone()
+    tgt2[:, 3] = (tgt2[:, 3] + 7) % V
+    out = model(src, src_lens, tgt2)
+    torch.testing.assert_close(out[:, :3], ref[:, :3], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[:, 3:], ref[:, 3:])
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_incremental_decoding_matches_teacher_forcing(pre_norm):
+    model = tiny(pre_norm=pre_norm)
+    src, src_lens, tgt, _ = batch()
+    memory = model.encode(src, src_lens)
+    full, none_cache = model.decode(tgt, memory)
+    assert none_cache is None
+    cache: dict = {}
+    steps = []
+    for t in range(1, tgt.size(1) + 1):
+        logits, cache = model.decode(tgt[:, :t], memory, cache)
+        assert logits.shape == (3, 1, V)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache["dec0.self_k"].shape == (3, 4, tgt.size(1), 8)
+    assert cache["dec1.cross_k"].shape == (3, 4, 7, 8)
+
+
+def test_reorder_cache():
+    model = tiny()
+    src, src_lens, tgt, _ = batch()
+    memory = model.encode(src, src_lens)
+    cache: dict = {}
+    for t in range(1, 4):
+        _, cache = model.decode(tgt[:, :t], memory, cache)
+    index = torch.tensor([2, 2, 0])
+    cache = model.reorder_cache(cache, index)
+    memory2 = {k: v.index_select(0, index) for k, v in memory.items()}
+    tgt2 = tgt.index_select(0, index)
+    step, _ = model.decode(tgt2[:, :4], memory2, cache)
+    full, _ = model.decode(tgt2[:, :4], memory2)
+    torch.testing.assert_close(step[:, 0], full[:, 3], atol=1e-5, rtol=1e-5)
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_base_and_big():
+    base = build_model({"name": "transformer", "label_smoothing": 0.1}, vocab_size=37000, pad_id=0)
+    n = count(base)
+    assert 60e6 <= n <= 66e6, n  # Vaswani et al. 2017, Table 3: 65M (ours: 63.08M, no bias)
+    # exact: shared embedding + 6 encoder layers + 6 decoder layers (weights, biases, LayerNorms)
+    D, Fd = 512, 2048
+    attn, ffn = 4 * (D * D + D), 2 * D * Fd + Fd + D
+    assert n == 37000 * D + 6 * (attn + ffn + 4 * D) + 6 * (2 * attn + ffn + 6 * D)
+    assert base.src_embed.weight is base.tgt_embed.weight
+    assert torch.all(base.src_embed.weight[0] == 0)
+    with torch.device("meta"):
+        big = build_model(
+            {"name": "transformer", "d_model": 1024, "num_heads": 16, "d_ff": 4096, "dropout": 0.3},
+            vocab_size=37000, pad_id=0,
+        )
+    assert 200e6 <= count(big) <= 220e6  # Table 3: 213M
+
+
+def test_unknown_config_key_is_rejected():
+    from nmtbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="d_modle"):
+        build_model({"name": "transformer", "d_modle": 8}, vocab_size=10, pad_id=0)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_flops_match_flop_counter(share):
+    model = tiny(share_embeddings=share).train()
+    model.dropout.p = 0.0
+    B, S, T = 2, 9, 7
+    src = torch.randint(4, V, (B, S))
+    tgt = torch.randint(4, V, (B, T))
+    lens_s, lens_t = torch.full((B,), S), torch.full((B,), T)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(src, lens_s, tgt).sum().backward()
+    measured = counter.get_total_flops()
+    analytic = model.flops_per_batch(lens_s, lens_t)
+    assert abs(analytic - measured) / measured < 0.05, (analytic, measured)
+    # per-sequence lengths: a shorter sequence costs less
+    assert model.flops_per_batch(torch.tensor([S, 3]), lens_t) < analytic
+
+
+def test_tiny_model_overfits_tiny_batch():
+    model = tiny().train()
+    src, src_lens, tgt, tgt_lens = batch()
+    labels = torch.roll(tgt, -1, dims=1)
+    labels[torch.arange(6)[None] >= (tgt_lens - 1)[:, None]] = -100
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = F.cross_entropy(model(src, src_lens, tgt).flatten(0, 1), labels.flatten(), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, loss.item()
