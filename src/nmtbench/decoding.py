@@ -1,0 +1,164 @@
+"""Batched greedy and beam search over the model interface (docs/interfaces.md).
+
+The same code decodes every model: it only calls `encode`, `decode` and `reorder_cache`,
+and expands/reorders the memory dict generically with `index_select(0, ...)`.
+
+Conventions (both searches):
+- Output length. Sentence b may emit at most `max_len[b] = src_lens[b] + max_len_b` tokens
+  before EOS (src_lens counts the source EOS, as in fairseq's max_len_a * src_len + max_len_b
+  with max_len_a = 0; Vaswani et al. 2017, section 6.1: "input length + 50"); at step
+  `max_len[b]` EOS is forced.
+- EOS handling. Hypotheses end at the first EOS; the returned token lists exclude BOS, EOS
+  and pad; PAD and BOS are never generated.
+- Scores are sums of fp32 log-probabilities (`log_softmax` over the logits in fp32).
+- Finished sentences leave the batch (rows, memory and cache are shrunk), so late steps
+  only pay for the sentences still being decoded.
+- `use_cache=False` re-runs the teacher-forced `decode(prefix, memory, None)` on the whole
+  prefix each step and takes the last position (the quadratic baseline).
+
+Beam search (fairseq's `SequenceGenerator` scheme, with the GNMT length penalty):
+- Each step takes the top 2K candidates over the flattened (K x V) beam-by-vocabulary
+  scores. EOS candidates among the top K become finished hypotheses, scored
+  `log P(y) / lp(|y|)` with lp(n) = ((5 + n) / 6) ** alpha (Wu et al. 2016, eq. 14; the paper
+  uses alpha = 0.6, Vaswani et al. 2017 section 6.1) and |y| counting the EOS (as
+  tensor2tensor, which produced the paper's numbers). The K best non-EOS candidates
+  stay alive.
+- A sentence is done once it has K finished hypotheses (fairseq's rule; it makes beam 1 equal
+  greedy search exactly) or has reached its maximum length. The best finished hypothesis by
+  normalised score is returned.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def gnmt_length_penalty(length: int | float | Tensor, alpha: float) -> float | Tensor:
+    """GNMT length penalty lp(Y) = ((5 + |Y|) / 6) ** alpha (Wu et al. 2016, eq. 14)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def _next_log_probs(
+    model: nn.Module, tokens: Tensor, memory: dict[str, Tensor], cache: dict | None
+) -> tuple[Tensor, dict | None]:
+    # tokens (N, t) prefix incl. BOS -> log-probs of the next token (N, V) in fp32
+    if cache is None:
+        logits, _ = model.decode(tokens, memory, None)  # (N, t, V)
+    else:
+        logits, cache = model.decode(tokens, memory, cache)  # (N, 1, V)
+    return logits[:, -1].float().log_softmax(dim=-1), cache
+
+
+def _mask_special(lprobs: Tensor, step: int, max_lens: Tensor, bos_id: int, eos_id: int, pad_id: int) -> None:
+    # lprobs (N, V) in place: never PAD/BOS; only EOS once a row reaches its maximum length
+    lprobs[:, pad_id] = -torch.inf
+    if bos_id != eos_id:
+        lprobs[:, bos_id] = -torch.inf
+    at_max = max_lens <= step  # (N,)
+    if at_max.any():
+        eos = lprobs[at_max, eos_id].clone()
+        lprobs[at_max] = -torch.inf
+        lprobs[at_max, eos_id] = eos
+
+
+def _select(memory: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+    return {k: v.index_select(0, index) for k, v in memory.items()}
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: nn.Module, src: Tensor, src_lens: Tensor, *, bos_id: int, eos_id: int, pad_id: int,
+    max_len_b: int = 50, use_cache: bool = True,
+) -> list[list[int]]:
+    """Greedy decoding of a batch: src (B, S), src_lens (B,) -> one token list per row."""
+    B, device = src.size(0), src.device
+    memory = model.encode(src, src_lens)
+    max_lens = src_lens.to(device) + max_len_b  # (B,)
+    alive = torch.arange(B, device=device)  # original row of each active sentence
+    tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (N, t)
+    scores = torch.zeros(B, device=device)  # (N,)
+    cache: dict | None = {} if use_cache else None
+    hyps: list[list[int]] = [[] for _ in range(B)]
+    for step in range(int(max_lens.max()) + 1):
+        lprobs, cache = _next_log_probs(model, tokens, memory, cache)  # (N, V)
+        _mask_special(lprobs, step, max_lens, bos_id, eos_id, pad_id)
+        # same arithmetic as beam search with K = 1 (adding the running score first)
+        scores, next_tok = (scores[:, None] + lprobs).max(dim=-1)  # (N,)
+        done = next_tok == eos_id
+        if done.any():
+            for i in done.nonzero().flatten().tolist():
+                hyps[int(alive[i])] = tokens[i, 1:].tolist()
+            keep = (~done).nonzero().flatten()
+            if keep.numel() == 0:
+                break
+            alive, max_lens, scores, next_tok = alive[keep], max_lens[keep], scores[keep], next_tok[keep]
+            tokens, memory = tokens[keep], _select(memory, keep)
+            if cache is not None:
+                cache = model.reorder_cache(cache, keep)
+        tokens = torch.cat([tokens, next_tok[:, None]], dim=1)
+    return hyps
+
+
+@torch.inference_mode()
+def beam_search(
+    model: nn.Module, src: Tensor, src_lens: Tensor, *, bos_id: int, eos_id: int, pad_id: int,
+    beam_size: int = 4, length_penalty: float = 0.6, max_len_b: int = 50, use_cache: bool = True,
+    return_scores: bool = False,
+) -> list[list[int]] | tuple[list[list[int]], list[float]]:
+    """Beam search of a batch: src (B, S), src_lens (B,) -> the best hypothesis of each row
+    (and, with `return_scores`, its length-normalised log-probability)."""
+    alpha, K = length_penalty, beam_size
+    B, device = src.size(0), src.device
+    memory = _select(model.encode(src, src_lens), torch.arange(B, device=device).repeat_interleave(K))
+    max_lens = src_lens.to(device) + max_len_b  # (B,)
+    alive = torch.arange(B, device=device)  # original row of each active sentence
+    tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)  # (B*K, t)
+    scores = torch.zeros(B, K, device=device)  # (B, K) running log-probs of live hypotheses
+    scores[:, 1:] = -torch.inf  # all beams start identical: expand only beam 0 at step 0
+    num_finished = torch.zeros(B, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (normalised, ids)
+    cache: dict | None = {} if use_cache else None
+    for step in range(int(max_lens.max()) + 1):
+        lprobs, cache = _next_log_probs(model, tokens, memory, cache)  # (B*K, V)
+        _mask_special(lprobs, step, max_lens.repeat_interleave(K), bos_id, eos_id, pad_id)
+        V = lprobs.size(-1)
+        cand = (scores[:, :, None] + lprobs.view(B, K, V)).view(B, K * V)  # (B, K*V)
+        cand_scores, cand_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K), best first
+        cand_beam, cand_tok = cand_idx // V, cand_idx % V  # (B, 2K)
+        is_eos = (cand_tok == eos_id) & (cand_scores > -torch.inf)  # (B, 2K)
+
+        # EOS among the top K: finished hypotheses, |y| = step + 1 tokens including EOS
+        eos_top = is_eos[:, :K]
+        if eos_top.any():
+            lp = float(gnmt_length_penalty(step + 1, alpha))
+            hits = eos_top.nonzero().tolist()
+            beams, raw = cand_beam.tolist(), cand_scores.tolist()
+            for b, j in hits:
+                ids = tokens[b * K + beams[b][j], 1:].tolist()
+                finished[int(alive[b])].append((raw[b][j] / lp, ids))
+            num_finished += eos_top.sum(dim=1)
+
+        # the K best non-EOS candidates stay alive
+        live_scores, live_pos = cand_scores.masked_fill(is_eos, -torch.inf).topk(K, dim=1)  # (B, K)
+        live_beam, live_tok = cand_beam.gather(1, live_pos), cand_tok.gather(1, live_pos)
+        rows = torch.arange(B, device=device)[:, None] * K + live_beam  # (B, K) rows to continue
+
+        done = (num_finished >= K) | (max_lens <= step)  # (B,)
+        keep = (~done).nonzero().flatten()  # active sentences that continue
+        if keep.numel() == 0:
+            break
+        rows = rows[keep].flatten()  # (B'*K,)
+        tokens = torch.cat([tokens[rows], live_tok[keep].view(-1, 1)], dim=1)
+        if cache is not None:
+            cache = model.reorder_cache(cache, rows)
+        if keep.numel() < B:  # rows of one sentence share their memory: shrink only
+            memory = _select(memory, rows)
+            alive, max_lens, num_finished = alive[keep], max_lens[keep], num_finished[keep]
+        scores, B = live_scores[keep], keep.numel()
+
+    best = [max(hyps, key=lambda h: h[0]) for hyps in finished]  # first of equals wins
+    if return_scores:
+        return [ids for _, ids in best], [score for score, _ in best]
+    return [ids for _, ids in best]
+
