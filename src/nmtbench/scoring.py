@@ -74,6 +74,19 @@ def paper_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str = "de") -> di
     return {"score": score.score, "signature": signature}
 
 
+def corpus_scores(hyps: Sequence[str], refs: Sequence[str], lang: str = "de") -> dict:
+    """All test metrics at once (flat, JSON-ready): `sacrebleu` + `signature` (detokenized,
+    13a), `chrf` + `chrf_signature`, `paper_bleu` + `paper_bleu_signature` (tokenized,
+    compound-split) and `num_sentences`."""
+    bleu, chrf, paper = sacrebleu_score(hyps, refs), chrf_score(hyps, refs), paper_bleu(hyps, refs, lang)
+    return {
+        "sacrebleu": bleu["score"], "signature": bleu["signature"],
+        "chrf": chrf["score"], "chrf_signature": chrf["signature"],
+        "paper_bleu": paper["score"], "paper_bleu_signature": paper["signature"],
+        "num_sentences": len(hyps),
+    }
+
+
 def _check(hyps: Sequence[str], refs: Sequence[str]) -> None:
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references: they must be aligned")

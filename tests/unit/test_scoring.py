@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import sacrebleu
 
-from nmtbench.scoring import chrf_score, compound_split, paper_bleu, paper_tokenize, sacrebleu_score
+from nmtbench.scoring import (
+    chrf_score,
+    compound_split,
+    corpus_scores,
+    paper_bleu,
+    paper_tokenize,
+    sacrebleu_score,
+)
 
 REFS = [
     "Das ist ein Test-Fall für die Übersetzung.",
@@ -49,3 +56,11 @@ def test_compound_splitting():
 def test_misaligned_inputs_are_rejected():
     with pytest.raises(ValueError, match="aligned"):
         sacrebleu_score(HYPS, REFS[:2])
+
+
+def test_corpus_scores_bundles_all_metrics():
+    out = corpus_scores(HYPS, REFS, lang="de")
+    assert out["sacrebleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPS, [REFS]).score)
+    assert out["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPS, [REFS]).score)
+    assert out["paper_bleu"] == pytest.approx(paper_bleu(HYPS, REFS, "de")["score"])
+    assert out["num_sentences"] == 3 and "13a" in out["signature"]
