@@ -127,3 +127,41 @@ def test_worker_processes_read_the_memmaps(datamodule):
     dm.setup("fit")
     ids = [i for batch in dm.train_dataloader() for i in batch["ids"].tolist()]
     assert sorted(ids) == list(range(300))
+
+
+def test_lightning_resume_continues_at_the_next_unseen_batch(datamodule, tmp_path):
+    """A real Trainer: stop after 3 steps, save, resume; the resumed run sees batches 3, 4, ..."""
+    import lightning as L
+
+    class Recorder(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.seen: list[list[int]] = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append(batch["ids"].tolist())
+            return (self.weight * batch["src"].float().mean()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def trainer(max_steps):
+        return L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, use_distributed_sampler=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+
+    cfg = _cfg(datamodule)
+    expected = [b["ids"].tolist() for b in Seq2SeqDataModule(cfg, seed=3).train_dataloader()]
+    assert len(expected) > 6
+    first, dm1 = Recorder(), Seq2SeqDataModule(cfg, seed=3)
+    t1 = trainer(3)
+    t1.fit(first, datamodule=dm1)
+    assert first.seen == expected[:3]
+    ckpt = str(tmp_path / "step3.ckpt")
+    t1.save_checkpoint(ckpt)
+
+    second = Recorder()
+    trainer(6).fit(second, datamodule=Seq2SeqDataModule(cfg, seed=3), ckpt_path=ckpt)
+    assert second.seen == expected[3:6]

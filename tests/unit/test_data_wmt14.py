@@ -13,7 +13,7 @@ from nmtbench.data import prepare as prepare_module
 from nmtbench.data import sources
 from nmtbench.data.config import ToyConfig
 from nmtbench.data.prepare import prepare
-from nmtbench.data.toy import write_toy
+from nmtbench.data.toy import generate
 from nmtbench.errors import DataError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,15 +47,29 @@ def test_unreachable_hub_without_offline_mode_fails_fast(tmp_path, monkeypatch):
     assert datasets.config.HF_HUB_OFFLINE is False  # the temporary offline switch is undone
 
 
-def test_a_prepared_wmt14_cache_is_reused_without_the_hub(tmp_path, monkeypatch):
-    text = write_toy(ToyConfig(num_train=200, num_valid=10, num_test=10), str(tmp_path / "toy"),
-                     {"train": "train", "valid": "valid", "test": "test"})
-    corpora = {s: sources.open_text_pair(f"{text}/{s}.en", f"{text}/{s}.de") for s in sources.SPLITS}
-    monkeypatch.setattr(prepare_module, "open_source", lambda cfg: corpora)
-    assert not prepare(wmt14_cfg(tmp_path)).reused
+def test_wmt14_splits_direction_and_cache_reuse_without_the_hub(tmp_path, monkeypatch):
+    """A stand-in for the hub dataset: train/validation/test with {"translation": {de, en}}."""
+    pairs = generate(ToyConfig(num_train=200, num_valid=10, num_test=12))
 
-    def no_network(cfg):
+    def fake_load_dataset(name, config, revision=None, cache_dir=None):
+        assert (name, config, cache_dir) == ("wmt/wmt14", "de-en", str(tmp_path / "hf"))
+        return datasets.DatasetDict({
+            hf: datasets.Dataset.from_dict({"translation": [{"en": en, "de": de} for en, de in pairs[split]]})
+            for split, hf in sources.HF_SPLITS.items()
+        })
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = {**wmt14_cfg(tmp_path), "src_lang": "de", "tgt_lang": "en"}  # de->en
+    prepared = prepare(cfg)
+    assert not prepared.reused and prepared.stats["test"]["kept"] == 12
+    with open(os.path.join(prepared.dir, "test.src.txt"), encoding="utf-8") as f:
+        assert f.read().split("\n")[:-1] == [de for _, de in pairs["test"]]  # German is the source
+
+    def no_network(*args, **kwargs):
         raise AssertionError("the hub must not be contacted when the cache exists")
 
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
     monkeypatch.setattr(prepare_module, "open_source", no_network)
-    assert prepare(wmt14_cfg(tmp_path)).reused
+    assert prepare(cfg).reused

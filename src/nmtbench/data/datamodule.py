@@ -44,6 +44,21 @@ class ShardDataset(Dataset):
         return np.maximum(self.src.lengths, self.tgt.lengths)[: self.size] + 1
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position is its batch sampler's.
+
+    Lightning treats loaders with state_dict/load_state_dict as resumable (and otherwise
+    warns on a mid-epoch resume). The state is the sampler's, the same one the DataModule
+    saves; restoring it twice is harmless.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.batch_sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batch_sampler.load_state_dict(state)
+
+
 class Seq2SeqDataModule(L.LightningDataModule):
     """Training, validation and test data for one `data:` config section.
 
@@ -96,7 +111,7 @@ class Seq2SeqDataModule(L.LightningDataModule):
         if self._pending_state is not None:
             self.train_sampler.load_state_dict(self._pending_state)
             self._pending_state = None
-        return self._loader(dataset, self.train_sampler)
+        return self._loader(dataset, self.train_sampler, ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("valid")
@@ -190,10 +205,12 @@ class Seq2SeqDataModule(L.LightningDataModule):
         )
         return self._loader(dataset, sampler)
 
-    def _loader(self, dataset: ShardDataset, sampler: TokenBatchSampler) -> DataLoader:
+    def _loader(
+        self, dataset: ShardDataset, sampler: TokenBatchSampler, cls: type[DataLoader] = DataLoader
+    ) -> DataLoader:
         tok = self._tokenizer()
         workers = self.cfg.num_workers
-        return DataLoader(
+        return cls(
             dataset,
             batch_sampler=sampler,
             collate_fn=Collator(tok.pad_id, tok.bos_id, tok.eos_id),

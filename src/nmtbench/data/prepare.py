@@ -32,7 +32,14 @@ from rich.console import Console
 from rich.table import Table
 
 from nmtbench.data.config import DataConfig, load_data_config
-from nmtbench.data.shards import DROP_REASONS, Filters, encode_split, id_dtype, make_progress
+from nmtbench.data.shards import (
+    DROP_REASONS,
+    Filters,
+    encode_split,
+    encoding_pool,
+    id_dtype,
+    make_progress,
+)
 from nmtbench.data.sources import SPLITS, Corpus, open_source, source_identity, take
 from nmtbench.data.tokenizer import train_sentencepiece
 from nmtbench.errors import DataError
@@ -118,14 +125,14 @@ def prepare(cfg_data: DataConfig | Mapping[str, Any], console: Console | None = 
     corpora = open_source(cfg)
     if len(corpora["train"]) == 0:
         raise DataError(f"The training data is empty: {corpora['train'].description}.")
-    spm_dir = _tokenizer(cfg, corpora["train"], console)
+    spm_dir = build_tokenizer(cfg, corpora["train"], console)
     stats, meta = _build(cfg, corpora, spm_dir, directory, key, identity, console)
     console.print(f"Prepared in {time.perf_counter() - start:.1f} s")
     print_stats(stats, console)
     return PreparedData(directory, key, stats, meta, reused=False)
 
 
-def _tokenizer(cfg: DataConfig, train: Corpus, console: Console) -> str:
+def build_tokenizer(cfg: DataConfig, train: Corpus, console: Console) -> str:
     """Directory holding spm.model for (source, tokenizer settings); trained if missing."""
     identity = {"format_version": FORMAT_VERSION, "data": source_identity(cfg),
                 "tokenizer": tokenizer_settings(cfg)}
@@ -168,12 +175,12 @@ def _build(
         for name in ("spm.model", "spm.vocab"):
             shutil.copy2(os.path.join(spm_dir, name), os.path.join(tmp, name))
         model_path = os.path.join(tmp, "spm.model")
-        with make_progress() as progress:
+        with encoding_pool(cfg.processes) as pool, make_progress() as progress:
             for split in SPLITS:
                 stats[split] = encode_split(
                     corpora[split], split, tmp, model_path, cfg.vocab_size,
                     filters=filters if split == "train" else None,
-                    num_proc=cfg.processes, progress=progress, raw_text=split != "train",
+                    pool=pool, progress=progress, raw_text=split != "train",
                 )
         if stats["train"]["kept"] == 0:
             raise DataError(

@@ -12,18 +12,22 @@ valid/test are never filtered, so their example i is line i of the raw text.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.pool import Pool
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece as spm
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from nmtbench.data.sources import Corpus
+if TYPE_CHECKING:  # workers import this module: keep its imports light
+    from nmtbench.data.sources import Corpus
 
 CHUNK_PAIRS = 2000  # pairs per encoding task
 DROP_REASONS = ("empty", "too_long", "length_ratio")
@@ -106,6 +110,29 @@ def make_progress() -> Progress:
     )
 
 
+def _ready(x: int) -> int:
+    return x
+
+
+@contextlib.contextmanager
+def encoding_pool(num_proc: int) -> Iterator[Pool | None]:
+    """`num_proc` worker processes for `encode_split` (None when num_proc == 1).
+
+    "spawn" rather than "fork": the caller may run threads (rich, torch) that must not be
+    forked mid-operation. Each worker imports the `__main__` script and this module, which
+    costs a second or two once per prepare; returns when the workers are up.
+    """
+    if num_proc <= 1:
+        yield None
+        return
+    pool = mp.get_context("spawn").Pool(num_proc)
+    try:
+        pool.map(_ready, range(num_proc))  # wait until the workers have started
+        yield pool
+    finally:
+        pool.terminate()
+
+
 def encode_split(
     corpus: Corpus,
     split: str,
@@ -114,14 +141,15 @@ def encode_split(
     vocab_size: int,
     *,
     filters: Filters | None,
-    num_proc: int,
+    pool: Pool | None = None,
     progress: Progress | None = None,
     raw_text: bool = False,
 ) -> dict[str, int]:
     """Encode `corpus` into `out_dir`/{split}.{src,tgt}.{bin,idx.npy}; returns counts.
 
-    With `raw_text`, also writes the untokenized lines to {split}.{src,tgt}.txt (the BLEU
-    references). Returns {"total", "kept", "empty", "too_long", "length_ratio"}.
+    Chunks of pairs are encoded by `pool` (in this process when None). With `raw_text`,
+    also writes the untokenized lines to {split}.{src,tgt}.txt (the BLEU references).
+    Returns {"total", "kept", "empty", "too_long", "length_ratio"}.
     """
     dtype = id_dtype(vocab_size)
     lens: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
@@ -141,10 +169,9 @@ def encode_split(
                 texts["tgt"].writelines(t + "\n" for t in tgt)
             yield model_path, src, tgt, filters, dtype.str
 
-    pool = mp.get_context("spawn").Pool(num_proc) if num_proc > 1 else None
     total, start = 0, time.perf_counter()
     try:
-        results = _ordered(pool, tasks(), 4 * num_proc) if pool else map(encode_chunk, tasks())
+        results = _ordered(pool, tasks(), 4 * pool._processes) if pool else map(encode_chunk, tasks())
         for chunk in results:
             chunk.src_ids.tofile(files["src"])
             chunk.tgt_ids.tofile(files["tgt"])
@@ -157,8 +184,6 @@ def encode_split(
                 rate = f"{total / max(time.perf_counter() - start, 1e-9):,.0f} pairs/s"
                 progress.update(task, advance=n, rate=rate)
     finally:
-        if pool is not None:
-            pool.terminate()
         for f in (*files.values(), *texts.values()):
             f.close()
     for side in ("src", "tgt"):

@@ -42,8 +42,11 @@ class Corpus(Protocol):
 
 
 def take(corpus: Corpus, indices: np.ndarray, chunk_size: int = 10000) -> list[tuple[str, str]]:
-    """The pairs at sorted `indices` (one streaming pass over the corpus)."""
+    """The pairs at `indices`, in ascending index order (one streaming pass over the corpus,
+    or random access when the corpus has its own `take`)."""
     indices = np.sort(np.asarray(indices, dtype=np.int64))
+    if hasattr(corpus, "take"):
+        return corpus.take(indices)
     out: list[tuple[str, str]] = []
     start, pos = 0, 0
     for src, tgt in corpus.chunks(chunk_size):
@@ -212,10 +215,17 @@ class HFCorpus:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def chunks(self, size: int) -> Iterator[tuple[list[str], list[str]]]:
-        for batch in self.dataset.iter(batch_size=size):
+    def chunks(self, size: int, dataset: Any = None) -> Iterator[tuple[list[str], list[str]]]:
+        for batch in (dataset or self.dataset).iter(batch_size=size):
             pairs = batch["translation"]
             yield [p[self.src_lang] for p in pairs], [p[self.tgt_lang] for p in pairs]
+
+    def take(self, indices: np.ndarray) -> list[tuple[str, str]]:
+        """Random access through the memory-mapped Arrow table (no full pass)."""
+        out: list[tuple[str, str]] = []
+        for src, tgt in self.chunks(10000, self.dataset.select(indices.tolist())):
+            out.extend(zip(src, tgt))
+        return out
 
 
 def _offline_message(cfg: DataConfig, why: str) -> str:
