@@ -166,3 +166,13 @@ def test_real_pynvml_without_driver_turns_off():
     trainer = fake_trainer("cuda:0")  # pretend CUDA so that NVML is tried
     cb.setup(trainer, None, "fit")
     assert not cb.enabled and "NVML unavailable" in cb.disabled_reason
+
+
+def test_picklable_for_ddp_spawn():
+    import pickle
+
+    cb = GpuStatsCallback(interval_s=0.5)
+    clone = pickle.loads(pickle.dumps(cb))
+    assert clone.interval_s == 0.5 and clone._thread is None
+    clone.record({"util": 1.0, "mem_gb": 1.0, "power_w": 1.0})  # the lock was recreated
+    assert clone.run_means()["num_samples"] == 1

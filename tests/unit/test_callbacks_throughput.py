@@ -129,10 +129,12 @@ def test_gradient_accumulation_counts_every_micro_batch(tmp_path):
     assert cb.summary()["tokens_seen"] == tokens
 
 
-def test_resume_state():
+def test_resume_state_applies_only_when_fit_resumes():
     cb = ThroughputCallback()
     cb.tokens, cb.tgt_tokens, cb.sentences, cb.batches, cb.flops, cb.train_seconds = 100, 40, 10, 3, 5e5, 2.0
-    resumed = ThroughputCallback()
+    resumed = ThroughputCallback(clock=lambda: 0.0)
     resumed.load_state_dict(cb.state_dict())
+    assert resumed.summary()["tokens_seen"] == 0  # trainer.test(ckpt_path=...) restores too: ignored
+    resumed.on_train_start(None, None)  # a resumed fit applies it
     assert resumed.summary()["tokens_seen"] == 100
     assert resumed.summary()["tokens_per_sec"] == pytest.approx(50.0)

@@ -124,6 +124,21 @@ def test_resume_continues_the_clock():
     assert trainer.loggers[0].keys().count("time/to_bleu_20") == 1
 
 
+def test_state_restored_by_test_does_not_roll_back():
+    """trainer.test(ckpt_path="best") restores callback states; only a resumed fit applies them."""
+    clock, trainer = FakeClock(), fake_trainer()
+    cb = WallClockCallback(bleu_targets=[20], clock=clock)
+    cb.setup(trainer, None, "fit")
+    cb.on_train_start(trainer, None)
+    validate(cb, trainer, clock, 100, 10.0)
+    best = cb.state_dict()
+    validate(cb, trainer, clock, 200, 30.0)
+    cb.on_train_end(trainer, None)
+    before = cb.summary()
+    cb.load_state_dict(best)  # what trainer.test(ckpt_path=...) does
+    assert cb.summary() == before
+
+
 def test_time_scalars_at_log_steps():
     clock, trainer = FakeClock(), fake_trainer()
     cb = WallClockCallback(clock=clock)

@@ -114,6 +114,22 @@ class GpuStatsCallback(L.Callback):
         self._setup_done = False
         self._gate = LogStepGate()
 
+    # -- pickling (ddp_spawn sends callbacks to the worker processes) --------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_lock", "_stop", "_thread", "_handle"):
+            state.pop(key, None)
+        if isinstance(state.get("_nvml"), ModuleType):
+            state["_nvml"] = None  # re-imported in the worker
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._handle = None
+
     # -- setup ---------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._setup_done or stage != TrainerFn.FITTING:

@@ -92,6 +92,7 @@ class ThroughputCallback(L.Callback):
         self._tgt_window: Throughput | None = None
         self._peak_resolved = False
         self._flops_at_last_update = 0.0
+        self._resume_state: dict[str, Any] | None = None
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -202,6 +203,7 @@ class ThroughputCallback(L.Callback):
 
     # -- hooks ---------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply_resume_state()
         self._pending = []
         self._run_start = self.clock()
         self._flops_at_last_update = self.flops
@@ -271,12 +273,19 @@ class ThroughputCallback(L.Callback):
                 "batches": self.batches, "flops": self.flops, "train_seconds": self._elapsed()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.tokens = int(state_dict.get("tokens", 0))
-        self.tgt_tokens = int(state_dict.get("tgt_tokens", 0))
-        self.sentences = int(state_dict.get("sentences", 0))
-        self.batches = int(state_dict.get("batches", 0))
-        self.flops = float(state_dict.get("flops", 0.0))
-        self.train_seconds = float(state_dict.get("train_seconds", 0.0))
+        # Applied at the next on_train_start (a resumed fit), not when trainer.test() restores
+        # a checkpoint: that must not roll this run's totals back (see WallClockCallback).
+        self._resume_state = dict(state_dict)
 
+    def _apply_resume_state(self) -> None:
+        state, self._resume_state = self._resume_state, None
+        if not state:
+            return
+        self.tokens = int(state.get("tokens", 0))
+        self.tgt_tokens = int(state.get("tgt_tokens", 0))
+        self.sentences = int(state.get("sentences", 0))
+        self.batches = int(state.get("batches", 0))
+        self.flops = float(state.get("flops", 0.0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
 __all__ = ["ThroughputCallback"]

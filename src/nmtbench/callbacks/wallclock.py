@@ -106,6 +106,7 @@ class WallClockCallback(L.Callback):
         self.curve: list[dict[str, Any]] = []  # {step, hours, hours_excl_val, bleu}
         self.reached: dict[float, dict[str, Any]] = {}  # target -> first record reaching it
         self._gate = LogStepGate()
+        self._resume_state: dict[str, Any] | None = None
 
     # -- clock ---------------------------------------------------------------------------
     def train_seconds(self) -> float:
@@ -139,6 +140,7 @@ class WallClockCallback(L.Callback):
         self.is_gpu = trainer.strategy.root_device.type == "cuda"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._apply_resume_state()
         self._start = self.clock()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -228,11 +230,19 @@ class WallClockCallback(L.Callback):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._train_before = float(state_dict.get("train_seconds", 0.0))
-        self._device_before = float(state_dict.get("device_seconds", 0.0))
-        self._val_total = float(state_dict.get("val_seconds", 0.0))
-        self.curve = [dict(p) for p in state_dict.get("curve", [])]
-        self.reached = {float(t): dict(r) for t, r in state_dict.get("reached", {}).items()}
+        # Applied at the next on_train_start, i.e. only when fitting resumes: Lightning also
+        # restores callback states for trainer.test(ckpt_path=...), which must not roll this
+        # run's clock and BLEU curve back to the checkpoint's.
+        self._resume_state = dict(state_dict)
 
+    def _apply_resume_state(self) -> None:
+        state, self._resume_state = self._resume_state, None
+        if not state:
+            return
+        self._train_before = float(state.get("train_seconds", 0.0))
+        self._device_before = float(state.get("device_seconds", 0.0))
+        self._val_total = float(state.get("val_seconds", 0.0))
+        self.curve = [dict(p) for p in state.get("curve", [])]
+        self.reached = {float(t): dict(r) for t, r in state.get("reached", {}).items()}
 
 __all__ = ["WallClockCallback", "LogStepGate", "log_to_loggers", "format_target"]

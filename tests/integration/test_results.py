@@ -1,0 +1,95 @@
+"""results.json end to end: a shrunk smoke run writes a file that validates and TensorBoard
+holds the val/, time/ and perf/ scalars; under 2-process DDP on CPU only rank zero writes
+and token counts are summed over both ranks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from nmtbench.callbacks.bleu import BleuCallback
+from nmtbench.callbacks.gpu_stats import GpuStatsCallback
+from nmtbench.callbacks.results import ResultsCallback, load_results, validate_results
+from nmtbench.callbacks.throughput import ThroughputCallback
+from nmtbench.callbacks.wallclock import WallClockCallback
+from tests.unit.test_callbacks_results import CFG, TRAIN_BATCHES, TinyData, TinyModule, batch_tokens
+
+TINY_TRANSFORMER = [
+    "model=transformer",
+    "model.d_model=32",
+    "model.num_heads=2",
+    "model.d_ff=64",
+    "model.num_encoder_layers=1",
+    "model.num_decoder_layers=1",
+    "callbacks.throughput.cpu_benchmark_seconds=0.2",
+    # an untrained model decodes to the maximum length: keep decoding short
+    "data.toy.num_valid=10",
+    "data.toy.num_test=10",
+    "+callbacks.bleu.max_len_b=8",
+]
+
+GPU_KEYS = ("gpu_util_mean", "gpu_mem_gb_mean", "gpu_mem_gb_max", "gpu_power_w_mean", "gpu_hours")
+
+
+@pytest.mark.slow
+def test_smoke_run_results_and_scalars(tiny_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nmtbench.train import train
+
+    train(tiny_cfg(TINY_TRANSFORMER))
+    run = tmp_path / "run"
+    r = load_results(run / "results.json")  # raises if it does not validate
+    assert r["stages"] == ["fit", "test"]
+    assert r["model_name"] == "transformer" and r["num_parameters"] > 0
+    assert r["task_name"] == "smoke" and r["data_source"] == "toy"
+    assert r["steps"] == 12 and r["tokens_seen"] > 0 and r["train_flops"] > 0
+    assert r["mfu"] is not None and 0 < r["mfu"] < 1.5
+    assert r["peak_flops_source"] == "measured: CPU fp32 matmul"
+    assert [p["step"] for p in r["val_curve"]] == [6, 12]
+    assert r["best_val_bleu"] is not None and r["test_sacrebleu"] is not None
+    assert r["test_paper_bleu"] is not None and r["test_chrf"] is not None
+    for key in GPU_KEYS:
+        assert r[key] is None and r["null_reasons"][key]
+    # every field holds a value except the GPU ones (and targets the tiny model cannot reach)
+    assert set(r["null_reasons"]) <= set(GPU_KEYS) | {"experiment", "model_variant"}, r["null_reasons"]
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert "val/bleu" in scalars
+    assert {"time/train_hours", "time/train_hours_excl_val", "time/val_hours", "time/device_hours"} <= scalars
+    assert {"perf/tokens_per_sec", "perf/tgt_tokens_per_sec", "perf/device/tokens_per_sec", "perf/mfu"} <= scalars
+
+
+class SpyResults(ResultsCallback):
+    """Leaves a marker for every rank that gets past the rank-zero guard of `_write`."""
+
+    def build(self, trainer, pl_module):
+        Path(self.output_dir, f"built_by_rank{trainer.global_rank}").touch()
+        return super().build(trainer, pl_module)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_only_rank_zero_writes(tmp_path):
+    callbacks = [BleuCallback(num_examples=0, test_beam_size=1), WallClockCallback(bleu_targets=[20]),
+                 ThroughputCallback(peak_flops_per_device=1e9), GpuStatsCallback(),
+                 SpyResults(output_dir=str(tmp_path))]
+    trainer = L.Trainer(callbacks=callbacks, accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, val_check_interval=3,
+                        log_every_n_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
+    trainer.fit(TinyModule(CFG), datamodule=TinyData())
+
+    assert sorted(p.name for p in tmp_path.glob("built_by_rank*")) == ["built_by_rank0"]
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert validate_results(r) == []
+    assert r["world_size"] == 2 and r["device_names"] == ["cpu", "cpu"]
+    # the distributed sampler deals batches 0, 2, 4 to rank 0 and 1, 3, 5 to rank 1
+    assert r["tokens_seen"] == sum(batch_tokens(b)[0] for b in (TRAIN_BATCHES * 4)[:6])
+    assert r["device_hours"] == pytest.approx(2 * r["train_hours"])
+    assert r["tokens_per_sec_per_device"] == pytest.approx(r["tokens_per_sec"] / 2)
+    assert r["val_curve"] and r["val_curve"][0]["step"] == 3
