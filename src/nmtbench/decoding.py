@@ -56,8 +56,8 @@ def _mask_special(lprobs: Tensor, step: int, max_lens: Tensor, bos_id: int, eos_
     if bos_id != eos_id:
         lprobs[:, bos_id] = -torch.inf
     at_max = max_lens <= step  # (N,)
-    if at_max.any():
-        eos = lprobs[at_max, eos_id].clone()
+    if at_max.any():  # forced EOS; floored so a model giving EOS zero probability still ends
+        eos = lprobs[at_max, eos_id].clamp(min=-1e9)
         lprobs[at_max] = -torch.inf
         lprobs[at_max, eos_id] = eos
 
