@@ -146,22 +146,30 @@ def test_lightning_resume_continues_at_the_next_unseen_batch(datamodule, tmp_pat
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    def trainer(max_steps):
+    def trainer(max_steps, callbacks=()):
         return L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, use_distributed_sampler=False,
-                         num_sanity_val_steps=0, limit_val_batches=0)
+                         enable_checkpointing=bool(callbacks), callbacks=list(callbacks),
+                         enable_progress_bar=False, enable_model_summary=False,
+                         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0)
 
     cfg = _cfg(datamodule)
     expected = [b["ids"].tolist() for b in Seq2SeqDataModule(cfg, seed=3).train_dataloader()]
     assert len(expected) > 6
-    first, dm1 = Recorder(), Seq2SeqDataModule(cfg, seed=3)
-    t1 = trainer(3)
-    t1.fit(first, datamodule=dm1)
-    assert first.seen == expected[:3]
-    ckpt = str(tmp_path / "step3.ckpt")
-    t1.save_checkpoint(ckpt)
+    first = Recorder()
+    every3 = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1,
+                                                 filename="step{step}", auto_insert_metric_name=False)
+    trainer(4, [every3]).fit(first, datamodule=Seq2SeqDataModule(cfg, seed=3))
+    assert first.seen == expected[:4]
 
-    second = Recorder()
-    trainer(6).fit(second, datamodule=Seq2SeqDataModule(cfg, seed=3), ckpt_path=ckpt)
+    second = Recorder()  # resume from the checkpoint written after step 3, mid-epoch
+    trainer(6).fit(second, datamodule=Seq2SeqDataModule(cfg, seed=3), ckpt_path=str(tmp_path / "step3.ckpt"))
     assert second.seen == expected[3:6]
+
+    # Lightning reaches the sampler's set_epoch: the next epoch has a new order
+    sampler = Seq2SeqDataModule(cfg, seed=3).train_dataloader().batch_sampler
+    sampler.set_epoch(1)
+    epoch1 = [b.tolist() for b in sampler.rank_batches(1)]
+    two_epochs = Recorder()
+    trainer(len(expected) + 2).fit(two_epochs, datamodule=Seq2SeqDataModule(cfg, seed=3))
+    assert two_epochs.seen == expected + epoch1[:2]
+    assert epoch1[:2] != expected[:2]

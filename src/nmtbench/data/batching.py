@@ -18,12 +18,17 @@ Evaluation (`shuffle=False`): examples sorted by length, packed with the evaluat
 budget, batches dealt round-robin to ranks (balanced the same way); `ids` in each batch
 restore the original order.
 
+Epochs: Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler` (not on the batch
+sampler), so `self.sampler` is a small object that forwards it.
+
 Resuming mid-epoch: `consumed` counts the batches of the current epoch that training has
 really used. The sampler cannot count them itself, because the DataLoader (and Lightning's
 fetcher) pull batches ahead of training; the DataModule advances it from
 `on_after_batch_transfer`, i.e. when a batch reaches `training_step`.
 `state_dict()` saves (epoch, consumed); after `load_state_dict()` the next iteration of
-that epoch starts at the first batch not yet used.
+that epoch starts at the first batch not yet used. `__len__` stays the full epoch length
+(Lightning's batch_idx continues from the checkpoint). A state saved with another world
+size, seed, budget or dataset restarts its epoch from the beginning (with a warning).
 """
 
 from __future__ import annotations
@@ -116,6 +121,9 @@ class TokenBatchSampler:
         self._resume: dict[str, int] | None = None
         self._cache: tuple[int, list[np.ndarray]] | None = None
         self._warned = False
+        # Lightning calls set_epoch on `dataloader.sampler` and `dataloader.batch_sampler.sampler`,
+        # never on the batch sampler itself: this attribute forwards the call.
+        self.sampler = _EpochForwarder(self)
 
     # -- the batches of an epoch ---------------------------------------------------------
 
@@ -156,7 +164,7 @@ class TokenBatchSampler:
     # -- the Sampler protocol ----------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
+        """Called by Lightning at the start of every epoch (through `self.sampler`)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -212,6 +220,16 @@ class TokenBatchSampler:
         self.epoch = int(state["epoch"])
         self.consumed = int(state["consumed"])
         self._resume = {"epoch": self.epoch, "consumed": self.consumed}
+
+
+class _EpochForwarder:
+    """`batch_sampler.sampler` for Lightning: only forwards `set_epoch`."""
+
+    def __init__(self, owner: TokenBatchSampler):
+        self._owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self._owner.set_epoch(epoch)
 
 
 class Collator:
