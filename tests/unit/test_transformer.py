@@ -89,8 +89,9 @@ def test_incremental_decoding_matches_teacher_forcing(pre_norm):
         assert logits.shape == (3, 1, V)
         steps.append(logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    assert set(cache) == {f"dec{i}.self_{kv}" for i in range(2) for kv in "kv"}
     assert cache["dec0.self_k"].shape == (3, 4, tgt.size(1), 8)
-    assert cache["dec1.cross_k"].shape == (3, 4, 7, 8)
+    assert memory["dec1.cross_k"].shape == (3, 4, 7, 8)  # projected once, in encode
 
 
 def test_reorder_cache():

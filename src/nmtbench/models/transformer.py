@@ -8,9 +8,15 @@ The defaults of `TransformerConfig` are the paper's base model (Table 3, row "ba
 Shapes: B batch, S source length, T target length, D d_model, H heads, Dh = D / H,
 F d_ff, V vocabulary.
 
+Memory (`encode`): {"enc": (B, S, D), "src_mask": (B, S) bool, True = real token} and, per
+decoder layer, the encoder-decoder attention keys/values "dec{i}.cross_k" / "dec{i}.cross_v"
+(B, H, S, Dh), projected once per sentence. They live in the memory rather than in the cache
+because the beams of a sentence share them: beam search reorders the cache every step but
+the memory only when finished sentences leave the batch (measured on CPU, beam 4: copying
+them each step cost more than the decoder step itself).
+
 Decoder cache (incremental decoding, see `decode`): a flat dict of tensors, all batch-first,
     "dec{i}.self_k" / "dec{i}.self_v"   (B, H, t, Dh)  self-attention keys/values of the prefix
-    "dec{i}.cross_k" / "dec{i}.cross_v" (B, H, S, Dh)  encoder-decoder keys/values (computed once)
 so `reorder_cache` is one `index_select(0, index)` per tensor.
 """
 
@@ -138,9 +144,9 @@ class DecoderLayer(nn.Module):
         return norm(x + self.dropout(fn(x)))  # LayerNorm(x + Sublayer(x)) (section 3.1)
 
     def forward(
-        self, x: Tensor, enc: Tensor, src_mask: Tensor, causal: Tensor | None, cache: dict | None
+        self, x: Tensor, memory: dict[str, Tensor], causal: Tensor | None, cache: dict | None
     ) -> Tensor:
-        # x (B, t, D) (t = 1 when incremental); enc (B, S, D); src_mask (B, 1, 1, S);
+        # x (B, t, D) (t = 1 when incremental); memory from `encode` (cross K/V (B, H, S, Dh));
         # causal (t, t) bool or None (incremental: the new position sees the whole prefix)
         def self_attention(h: Tensor) -> Tensor:
             k, v = self.self_attn.project_kv(h)  # (B, H, t, Dh)
@@ -152,14 +158,8 @@ class DecoderLayer(nn.Module):
             return self.self_attn(h, k, v, causal)
 
         def cross_attention(h: Tensor) -> Tensor:
-            if cache is None:
-                k, v = self.cross_attn.project_kv(enc)  # (B, H, S, Dh)
-            else:
-                if f"{self.name}.cross_k" not in cache:  # first step: project memory once
-                    kv = self.cross_attn.project_kv(enc)
-                    cache[f"{self.name}.cross_k"], cache[f"{self.name}.cross_v"] = kv
-                k, v = cache[f"{self.name}.cross_k"], cache[f"{self.name}.cross_v"]
-            return self.cross_attn(h, k, v, src_mask)
+            k, v = memory[f"{self.name}.cross_k"], memory[f"{self.name}.cross_v"]  # (B, H, S, Dh)
+            return self.cross_attn(h, k, v, memory["src_mask"][:, None, None, :])
 
         x = self._sublayer(x, self.norm1, self_attention)
         x = self._sublayer(x, self.norm2, cross_attention)
@@ -225,14 +225,19 @@ class TransformerSeq2Seq(nn.Module):
         return F.linear(h, weight)
 
     def encode(self, src: Tensor, src_lens: Tensor) -> dict[str, Tensor]:
-        # src (B, S) long; src_lens (B,) -> {"enc": (B, S, D), "src_mask": (B, S) bool, True = token}
+        # src (B, S) long; src_lens (B,) -> memory (module docstring): enc (B, S, D),
+        # src_mask (B, S) bool (True = token), dec{i}.cross_k / dec{i}.cross_v (B, H, S, Dh)
         S = src.size(1)
         src_mask = torch.arange(S, device=src.device)[None, :] < src_lens.to(src.device)[:, None]
         x = self._embed(self.src_embed, src)
         attn_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         for layer in self.encoder:
             x = layer(x, attn_mask)
-        return {"enc": self.enc_norm(x), "src_mask": src_mask}
+        enc = self.enc_norm(x)
+        memory = {"enc": enc, "src_mask": src_mask}
+        for layer in self.decoder:  # encoder-decoder keys/values, once per sentence
+            memory[f"{layer.name}.cross_k"], memory[f"{layer.name}.cross_v"] = layer.cross_attn.project_kv(enc)
+        return memory
 
     def decode(
         self, prev_tokens: Tensor, memory: dict[str, Tensor], cache: dict | None = None
@@ -240,7 +245,6 @@ class TransformerSeq2Seq(nn.Module):
         """Teacher-forced (cache None): prev_tokens (B, T) -> logits (B, T, V), None.
         Incremental (cache dict, start with {}): prev_tokens (B, t) is the whole prefix and only
         prev_tokens[:, -1] is new -> logits (B, 1, V) and the updated cache."""
-        enc, src_mask = memory["enc"], memory["src_mask"][:, None, None, :]  # (B, 1, 1, S)
         if cache is None:
             T = prev_tokens.size(1)
             x = self._embed(self.tgt_embed, prev_tokens)  # (B, T, D)
@@ -250,7 +254,7 @@ class TransformerSeq2Seq(nn.Module):
             x = self._embed(self.tgt_embed, prev_tokens[:, -1:], offset=step)  # (B, 1, D)
             causal = None
         for layer in self.decoder:
-            x = layer(x, enc, src_mask, causal, cache)
+            x = layer(x, memory, causal, cache)
         return self._logits(self.dec_norm(x)), cache
 
     def forward(self, src: Tensor, src_lens: Tensor, tgt_in: Tensor) -> Tensor:
