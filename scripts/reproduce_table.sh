@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Re-run every row of the comparison table, one run after another, then build the report.
+#
+#   scripts/reproduce_table.sh mini  [HYDRA_OVERRIDES...]   # CPU: mini_seq2seq, mini_attention,
+#                                                           #      mini_transformer on Multi30k
+#                                                           #      (20 min of training each + test)
+#   scripts/reproduce_table.sh paper [HYDRA_OVERRIDES...]   # GPUs: luong2015_seq2seq,
+#                                                           #      luong2015_attention,
+#                                                           #      vaswani2017_base, vaswani2017_big
+# Examples:
+#   scripts/reproduce_table.sh mini trainer.max_time=00:00:05:00     # a shorter CPU budget
+#   scripts/reproduce_table.sh paper trainer=ddp trainer.devices=8    # 8 GPUs (DDP) per run
+#
+# Overrides after SCALE go to every run. Each run writes runs/table_<scale>/<experiment>/
+# (results.json, config.yaml, checkpoints/, tensorboard/); the report goes to
+# runs/table_<scale>/report/ (table.md, table.csv, *.png).
+# Environment:
+#   NMTBENCH_TABLE_DIR   where the runs and the report go (default runs/table_<scale>;
+#                        relative paths are relative to the repository root)
+#   NMTBENCH_MULTI30K    Multi30k directory for the mini rows (default ../shared/data/multi30k)
+#   SKIP_DONE=1          skip an experiment whose run directory already has a tested results.json
+#   PYTHON               interpreter (default python)
+# A failed run does not stop the others; the script exits non-zero if any run failed.
+set -uo pipefail
+
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+
+if [[ $# -lt 1 ]]; then usage; exit 2; fi
+SCALE=$1; shift
+case "$SCALE" in
+  mini)  EXPERIMENTS=(mini_seq2seq mini_attention mini_transformer) ;;
+  paper) EXPERIMENTS=(luong2015_seq2seq luong2015_attention vaswani2017_base vaswani2017_big) ;;
+  -h|--help) usage; exit 0 ;;
+  *) echo "error: SCALE must be 'mini' or 'paper', got '$SCALE'" >&2; usage >&2; exit 2 ;;
+esac
+
+cd "$(dirname "$0")/.."   # the repository root: configs and relative data paths resolve from here
+PYTHON=${PYTHON:-python}
+TABLE_DIR=${NMTBENCH_TABLE_DIR:-runs/table_$SCALE}
+REPORT_DIR=$TABLE_DIR/report
+mkdir -p "$TABLE_DIR"
+
+failed=()
+run_dirs=()
+for exp in "${EXPERIMENTS[@]}"; do
+  run_dir=$TABLE_DIR/$exp
+  run_dirs+=("$run_dir")
+  if [[ "${SKIP_DONE:-0}" == 1 && -f $run_dir/results.json ]] \
+     && grep -q '"test"' "$run_dir/results.json"; then
+    echo "== $exp: done already ($run_dir/results.json), skipped (SKIP_DONE=1)"
+    continue
+  fi
+  echo "== $exp -> $run_dir  ($(date '+%F %T'))"
+  start=$(date +%s)
+  if "$PYTHON" scripts/train.py "experiment=$exp" "hydra.run.dir=$run_dir" "$@"; then
+    echo "== $exp finished in $(( ($(date +%s) - start) / 60 )) min"
+  else
+    echo "== $exp FAILED (exit $?) after $(( ($(date +%s) - start) / 60 )) min; see $run_dir" >&2
+    failed+=("$exp")
+  fi
+done
+
+echo "== report -> $REPORT_DIR"
+"$PYTHON" scripts/report.py "${run_dirs[@]}" --out "$REPORT_DIR" --allow-missing
+report_rc=$?
+
+echo
+if [[ $report_rc -eq 0 ]]; then
+  abs_report=$(cd "$REPORT_DIR" && pwd)
+  echo "Table: $abs_report/table.md (CSV: $abs_report/table.csv; plots: $abs_report/*.png)"
+else
+  echo "error: the report failed (exit $report_rc)" >&2
+fi
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "error: failed runs: ${failed[*]}" >&2
+  exit 1
+fi
+exit $report_rc
