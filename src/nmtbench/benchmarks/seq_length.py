@@ -141,9 +141,11 @@ def busy_warning(device: torch.device) -> str | None:
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     if load <= cores:
         return None
-    return (f"the CPU is busy (load {load:.1f} on {cores} cores): timings are unreliable, and "
-            f"{torch.get_num_threads()} OpenMP threads can each stall on a descheduled peer; "
-            "re-run on an idle machine or with --threads 1")
+    message = f"the CPU is busy (load {load:.1f} on {cores} cores): timings are unreliable"
+    if torch.get_num_threads() > 1:
+        message += (f"; {torch.get_num_threads()} OpenMP threads stall on descheduled peers, "
+                    "re-run on an idle machine or with --threads 1")
+    return message
 
 
 def write_outputs(out: Path, rows: list[dict[str, float]], header: str) -> list[Path]:
