@@ -9,13 +9,14 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from torch.utils.data import DataLoader
 
 from nmtbench.callbacks.bleu import BleuCallback
 from nmtbench.callbacks.gpu_stats import GpuStatsCallback
 from nmtbench.callbacks.results import ResultsCallback, load_results, validate_results
 from nmtbench.callbacks.throughput import ThroughputCallback
 from nmtbench.callbacks.wallclock import WallClockCallback
-from tests.unit.test_callbacks_results import CFG, TRAIN_BATCHES, TinyData, TinyModule, batch_tokens
+from tests.unit.test_callbacks_results import CFG, TinyData, TinyModule, batch_tokens, make_batch
 
 TINY_TRANSFORMER = [
     "model=transformer",
@@ -73,6 +74,16 @@ class SpyResults(ResultsCallback):
         return super().build(trainer, pl_module)
 
 
+UNIFORM_BATCH = make_batch([(5, 4), (3, 2)])
+
+
+class UniformData(TinyData):
+    """Every training batch has the same token count, whichever rank gets which batch."""
+
+    def train_dataloader(self):
+        return DataLoader([UNIFORM_BATCH] * 12, batch_size=None)
+
+
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_ddp_only_rank_zero_writes(tmp_path):
@@ -82,14 +93,14 @@ def test_ddp_only_rank_zero_writes(tmp_path):
     trainer = L.Trainer(callbacks=callbacks, accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, val_check_interval=3,
                         log_every_n_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
-    trainer.fit(TinyModule(CFG), datamodule=TinyData())
+    trainer.fit(TinyModule(CFG), datamodule=UniformData())
 
     assert sorted(p.name for p in tmp_path.glob("built_by_rank*")) == ["built_by_rank0"]
     r = json.loads((tmp_path / "results.json").read_text())
     assert validate_results(r) == []
     assert r["world_size"] == 2 and r["device_names"] == ["cpu", "cpu"]
-    # the distributed sampler deals batches 0, 2, 4 to rank 0 and 1, 3, 5 to rank 1
-    assert r["tokens_seen"] == sum(batch_tokens(b)[0] for b in (TRAIN_BATCHES * 4)[:6])
+    # 3 steps on each of 2 ranks: summed over ranks, not rank zero's count
+    assert r["tokens_seen"] == 2 * 3 * batch_tokens(UNIFORM_BATCH)[0]
     assert r["device_hours"] == pytest.approx(2 * r["train_hours"])
     assert r["tokens_per_sec_per_device"] == pytest.approx(r["tokens_per_sec"] / 2)
     assert r["val_curve"] and r["val_curve"][0]["step"] == 3

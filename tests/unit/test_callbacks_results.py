@@ -263,3 +263,25 @@ def test_config_digest_ignores_paths():
     assert config_digest(CFG) == config_digest(other_paths)
     assert config_digest(CFG) != config_digest(dict(CFG, seed=2))
     assert config_digest(CFG).startswith("sha256:") and len(config_digest(CFG)) == 7 + 64
+
+
+def test_resumed_fit_continues_totals_and_curve(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(max_steps, ckpt_path=None):
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+        trainer = tiny_trainer(tmp_path, measurement_callbacks() + [ckpt], max_steps=max_steps,
+                               enable_checkpointing=True)
+        trainer.fit(TinyModule(CFG), datamodule=TinyData(), ckpt_path=ckpt_path)
+        return json.loads((tmp_path / "results.json").read_text())
+
+    first = run(4)
+    resumed = run(8, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert validate_results(resumed) == []
+    assert [p["step"] for p in resumed["val_curve"]] == [4, 8]
+    assert resumed["steps"] == 8
+    # a plain DataLoader restarts its epoch on resume: the second segment sees batches 0-3 again
+    assert first["tokens_seen"] == sum(batch_tokens(b)[0] for b in (TRAIN_BATCHES * 4)[:4])
+    assert resumed["tokens_seen"] == 2 * first["tokens_seen"]
+    assert resumed["train_hours"] > first["train_hours"]
+    assert resumed["time_to_bleu"][0]["step"] == 4  # reached before the resume
