@@ -40,6 +40,7 @@ def tiny_train_config(tmp_path: Path, overrides: list[str] | None = None) -> Dic
         "trainer.log_every_n_steps=2",
         "trainer.enable_progress_bar=false",
         "callbacks.progress_bar=null",
+        "callbacks.throughput.cpu_benchmark_seconds=0.1",
     ]
     return compose_config(base + list(overrides or []))
 
