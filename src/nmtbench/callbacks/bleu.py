@@ -81,11 +81,11 @@ class BleuCallback(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        bleu = float(self._metric.compute()) * 100.0  # synced across ranks
+        bleu = float(self._metric.compute()) * 100.0  # n-gram stats summed across ranks
         self.last_bleu = bleu
         self.best_bleu = bleu if self.best_bleu is None else max(self.best_bleu, bleu)
-        pl_module.log("val/bleu", bleu, sync_dist=False)
-        pl_module.log("val/best_bleu", self.best_bleu, sync_dist=False)
+        pl_module.log("val/bleu", bleu, sync_dist=True)  # equal on every rank; the mean keeps it
+        pl_module.log("val/best_bleu", self.best_bleu, sync_dist=True)  # equal on every rank; the mean keeps it
         if trainer.is_global_zero and self.num_examples > 0:
             self._log_examples(trainer, sorted(self._outputs)[: self.num_examples])
 
@@ -119,7 +119,7 @@ class BleuCallback(L.Callback):
                                     num_sentences=len(hyps))
             log.info("test sacreBLEU %.2f (%s); paper-style BLEU %.2f", self.test_scores["sacrebleu"],
                      self.test_scores["signature"], self.test_scores["paper_bleu"])
-        pl_module.log("test/bleu", bleu, sync_dist=False)
+        pl_module.log("test/bleu", bleu, sync_dist=True)  # equal on every rank; the mean keeps it
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_bleu": self.best_bleu}
