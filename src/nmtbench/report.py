@@ -342,6 +342,13 @@ def load_runs(paths: Iterable[str | os.PathLike], published: Sequence[Row], fami
     for path in find_results(paths):
         results = load_results(path)
         rows.append(run_row(results, path.parent, published, families, use_tensorboard))
+    counts = Counter(r.name for r in rows)
+    for row in rows:  # two runs of one experiment: tell them apart by their directory
+        if counts[row.name] > 1:
+            run_dir = Path(row.run_dir or "")
+            tag = f"{row.name} [{run_dir.parent.name}/{run_dir.name}]"
+            row.system = row.system.replace(f"{row.name} (ours)", f"{tag} (ours)")
+            row.name = tag
     return rows
 
 
