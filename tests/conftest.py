@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# Tests use tiny tensors: one intra-op thread avoids thread wake-up costs that dominate on a
+# small (or shared) CPU. Subprocess tests inherit it through the environment.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
