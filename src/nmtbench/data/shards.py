@@ -13,6 +13,7 @@ valid/test are never filtered, so their example i is line i of the raw text.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import multiprocessing as mp
 import os
 import time
@@ -96,7 +97,7 @@ def encode_chunk(args: tuple[str, list[str], list[str], Filters | None, str]) ->
 
     def flat(seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-        ids = np.fromiter((i for s in seqs for i in s), dtype=dtype, count=int(lens.sum()))
+        ids = np.fromiter(itertools.chain.from_iterable(seqs), dtype=dtype, count=int(lens.sum()))
         return ids, lens
 
     (si, sl), (ti, tl) = flat(src_ids), flat(tgt_ids)
