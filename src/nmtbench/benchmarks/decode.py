@@ -1,0 +1,208 @@
+"""Beam-search decoding speed: nmtbench with and without the decoder cache, and HF generate().
+
+    python scripts/benchmark.py decode [--num-sentences 500] [--batch-size 32] [--beam-size 4]
+
+Setup (documented because it decides what the numbers mean):
+- Model: Transformer base (Vaswani et al. 2017: 6+6 layers, d_model 512, 8 heads, d_ff 2048,
+  shared embeddings), vocabulary 37000, random weights, fp32, eval mode.
+- Input: the first N lines of newstest2014.en. No tokenizer is trained: every whitespace
+  token becomes 1 subword id (2 with probability 0.3, about the pieces-per-word ratio of a
+  37k joint BPE), ids drawn at random from [4, V), plus EOS. So the source lengths follow
+  the real length distribution; the ids carry no meaning.
+- Equal work: random weights would stop at arbitrary lengths, so EOS is disabled and every
+  system runs exactly T_b decoder steps for every sentence of batch b, where T_b is the
+  longest source (in ids) of the batch: nmtbench gets EOS masked out of the logits and its
+  maximum output length set to T_b - 1 (+ the forced EOS = T_b steps); HF gets
+  `min_new_tokens = max_new_tokens = T_b`. Batches are length-sorted, as in evaluation.
+- HF: `transformers.MarianMTModel` with the same dimensions (post-norm, sinusoidal
+  positions, scaled and tied embeddings: the same architecture), `generate(num_beams=4)`,
+  run only when `transformers` is installed.
+- Systems alternate batch by batch (rotating order), so load from other processes on a
+  shared machine hits all of them alike. Without the cache the search is quadratic in length
+  (and the interface's `decode(prefix, memory, None)` projects every position onto the
+  vocabulary, as fairseq's non-incremental path does), so it runs on `--no-cache-batches`
+  batches spread over the length range and is compared with the cached search on those.
+Reported: sentences/s and generated tokens/s per system and the speed ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from nmtbench.decoding import beam_search
+from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
+
+PAD, BOS, EOS = 0, 2, 3
+DEFAULT_INPUT = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "wmt14_sample" / "newstest2014.en"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="English source text (one sentence a line)")
+    parser.add_argument("--num-sentences", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per batch (x beam rows)")
+    parser.add_argument("--beam-size", type=int, default=4)
+    parser.add_argument("--vocab-size", type=int, default=37000)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--systems", default="cache,no_cache,hf", help="comma-separated subset of cache,no_cache,hf")
+    parser.add_argument("--no-cache-batches", type=int, default=2,
+                        help="batches (spread over the length range) decoded without the cache")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def fake_tokenize(lines: list[str], vocab_size: int, seed: int) -> list[Tensor]:
+    """Whitespace tokens -> 1 or 2 random ids each (see the module docstring), plus EOS."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for line in lines:
+        words = max(1, len(line.split()))
+        n = words + int((torch.rand(words, generator=g) < 0.3).sum())
+        out.append(torch.cat([torch.randint(4, vocab_size, (n,), generator=g), torch.tensor([EOS])]))
+    return out
+
+
+def make_batches(seqs: list[Tensor], batch_size: int) -> list[tuple[Tensor, Tensor]]:
+    """Length-sorted batches: (src (B, S) right-padded, src_lens (B,))."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        chunk = [seqs[i] for i in order[start : start + batch_size]]
+        lens = torch.tensor([len(s) for s in chunk])
+        src = torch.full((len(chunk), int(lens.max())), PAD)
+        for row, s in enumerate(chunk):
+            src[row, : len(s)] = s
+        batches.append((src, lens))
+    return batches
+
+
+class FixedLength(nn.Module):
+    """Wraps a model so beam search runs a fixed number of steps: EOS never wins before the
+    forced EOS, and `encode` masks with the true lengths whatever `src_lens` the search got
+    (the search derives the maximum output length from the `src_lens` it is given)."""
+
+    def __init__(self, model: nn.Module, true_lens: Tensor):
+        super().__init__()
+        self.model, self.true_lens = model, true_lens
+
+    def encode(self, src, src_lens):
+        return self.model.encode(src, self.true_lens)
+
+    def decode(self, prev_tokens, memory, cache=None):
+        logits, cache = self.model.decode(prev_tokens, memory, cache)
+        logits[..., EOS] = -1e4  # never chosen before the forced EOS (random logits are O(1))
+        return logits, cache
+
+    def reorder_cache(self, cache, index):
+        return self.model.reorder_cache(cache, index)
+
+
+def run_nmtbench(model, batches, beam_size: int, use_cache: bool) -> tuple[float, int]:
+    """Seconds and generated tokens (EOS included) for all batches."""
+    tokens, start = 0, time.perf_counter()
+    for src, lens in batches:
+        steps = int(lens.max())
+        wrapped = FixedLength(model, lens)
+        hyps = beam_search(wrapped, src, torch.full_like(lens, steps - 1), beam_size=beam_size, max_len_b=0,
+                           bos_id=BOS, eos_id=EOS, pad_id=PAD, use_cache=use_cache)
+        assert all(len(h) == steps - 1 for h in hyps)
+        tokens += len(hyps) * steps
+    return time.perf_counter() - start, tokens
+
+
+def build_hf(cfg: TransformerConfig, vocab_size: int):
+    from transformers import MarianConfig, MarianMTModel
+
+    hf_cfg = MarianConfig(
+        vocab_size=vocab_size, d_model=cfg.d_model, encoder_layers=cfg.num_encoder_layers,
+        decoder_layers=cfg.num_decoder_layers, encoder_attention_heads=cfg.num_heads,
+        decoder_attention_heads=cfg.num_heads, encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff,
+        activation_function=cfg.activation, max_position_embeddings=cfg.max_positions,
+        scale_embedding=cfg.scale_embeddings, share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS,
+        decoder_start_token_id=BOS, forced_eos_token_id=None, dropout=0.0,
+    )
+    return MarianMTModel(hf_cfg).eval()
+
+
+def run_hf(model, batches, beam_size: int) -> tuple[float, int]:
+    tokens, start = 0, time.perf_counter()
+    with torch.inference_mode():
+        for src, lens in batches:
+            steps = int(lens.max())
+            mask = (torch.arange(src.size(1))[None] < lens[:, None]).long()
+            out = model.generate(
+                input_ids=src, attention_mask=mask, num_beams=beam_size, do_sample=False,
+                max_new_tokens=steps, min_new_tokens=steps, length_penalty=0.6, early_stopping=False,
+            )
+            assert out.size(1) == steps + 1  # decoder start token + T_b generated tokens
+            tokens += src.size(0) * steps
+    return time.perf_counter() - start, tokens
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lines = args.input.read_text(encoding="utf-8").splitlines()[: args.num_sentences]
+    batches = make_batches(fake_tokenize(lines, args.vocab_size, args.seed), args.batch_size)
+    torch.manual_seed(args.seed)
+    cfg = TransformerConfig(dropout=0.0)
+    model = TransformerSeq2Seq(cfg, vocab_size=args.vocab_size, pad_id=PAD).eval()
+    n = len(lines)
+    src_tokens = sum(int(lens.sum()) for _, lens in batches)
+    print(f"[decode] {n} sentences of {args.input.name} ({src_tokens / n:.1f} source ids on average), "
+          f"{len(batches)} length-sorted batches of {args.batch_size}, beam {args.beam_size}, "
+          f"Transformer base, vocab {args.vocab_size}, {torch.get_num_threads()} threads, cpu")
+
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    runners = {
+        "cache": lambda b: run_nmtbench(model, [b], args.beam_size, use_cache=True),
+        "no_cache": lambda b: run_nmtbench(model, [b], args.beam_size, use_cache=False),
+    }
+    if "hf" in systems:
+        try:
+            hf_model = build_hf(cfg, args.vocab_size)
+            runners["hf"] = lambda b: run_hf(hf_model, [b], args.beam_size)
+        except ImportError:
+            print("[decode] transformers is not installed: skipping HF generate()")
+    systems = [s for s in systems if s in runners]
+    # The no-cache search is O(T^2) and slow: it runs on `--no-cache-batches` batches at the
+    # centres of equal slices of the length-sorted list (one batch = the median lengths); its
+    # ratio is taken against the cached search on the same batches.
+    k = min(len(batches), max(1, args.no_cache_batches))
+    no_cache_ids = {int((j + 0.5) * len(batches) / k) for j in range(k)}
+    for name in systems:  # warm-up on the shortest batch (not timed)
+        runners[name](batches[0])
+    # Systems alternate batch by batch (rotating order), so load on a shared machine hits all alike.
+    times: dict[str, dict[int, tuple[float, int, int]]] = {name: {} for name in systems}
+    for i, batch in enumerate(batches):
+        order = systems[i % len(systems):] + systems[: i % len(systems)]
+        for name in order:
+            if name == "no_cache" and i not in no_cache_ids:
+                continue
+            seconds, tokens = runners[name](batch)
+            times[name][i] = (seconds, tokens, batch[0].size(0))
+
+    labels = {"cache": "nmtbench beam (cache)", "no_cache": "nmtbench beam (no cache)",
+              "hf": "HF MarianMT generate()"}
+
+    def rate(name: str, only: set[int] | None = None) -> float:
+        rows = [v for i, v in times[name].items() if only is None or i in only]
+        return sum(r[2] for r in rows) / sum(r[0] for r in rows)
+
+    for name in systems:
+        secs = sum(v[0] for v in times[name].values())
+        toks = sum(v[1] for v in times[name].values())
+        sents = sum(v[2] for v in times[name].values())
+        print(f"  {labels[name]:<26} {sents:5d} sentences {secs:8.1f} s  {sents / secs:7.2f} sentences/s  "
+              f"{toks / secs:8.1f} tokens/s")
+    if "cache" in times and "no_cache" in times:
+        common = set(times["no_cache"])
+        print(f"  cache / no cache (same {len(common)} batches): "
+              f"{rate('cache', common) / rate('no_cache', common):.2f}x")
+    if "cache" in times and "hf" in times:
+        print(f"  nmtbench (cache) / HF generate(): {rate('cache') / rate('hf'):.2f}x")
+    return 0
