@@ -23,6 +23,7 @@ What is measured (documented because it decides what the numbers mean):
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -57,8 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep the cache here (default: a temporary dir)")
 
 
-def preprocessing(cfg, console: Console) -> list[tuple[int, float, float]]:
-    """[(processes, pairs/s, pool start-up s)] for encoding the training split."""
+def preprocessing(cfg, console: Console) -> list[tuple[int, float, float, float]]:
+    """[(processes, pairs/s, pool start-up s, main-process CPU s)] for the training split.
+
+    The main process reads, dispatches and writes; its CPU time shows whether it could
+    limit the scaling with more processes.
+    """
     corpora = open_source(cfg)
     spm_dir = build_tokenizer(cfg, corpora["train"], console)
     rows = []
@@ -69,11 +74,11 @@ def preprocessing(cfg, console: Console) -> list[tuple[int, float, float]]:
             with encoding_pool(num_proc) as pool:  # returns when the processes are up
                 startup = time.perf_counter() - start
                 with make_progress() as progress:
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), time.process_time()
                     stats = encode_split(corpora["train"], "train", out, f"{spm_dir}/spm.model",
                                          cfg.vocab_size, filters=None, pool=pool, progress=progress)
-                    elapsed = time.perf_counter() - t0
-            rows.append((num_proc, stats["total"] / elapsed, startup))
+                    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            rows.append((num_proc, stats["total"] / elapsed, startup, cpu))
         finally:
             shutil.rmtree(out, ignore_errors=True)
     return rows
@@ -142,11 +147,14 @@ def run(args: argparse.Namespace) -> int:
         if args.cache_dir is None:
             shutil.rmtree(cache, ignore_errors=True)
 
-    table = Table(title=f"Data pipeline on {data_dir.resolve()} ({torch.get_num_threads()} torch threads)")
+    load = os.getloadavg()[0]
+    table = Table(title=f"Data pipeline on {data_dir.resolve()} ({os.cpu_count()} CPUs, load {load:.1f}, "
+                        f"{torch.get_num_threads()} torch threads)")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for num_proc, rate, startup in pre:
-        table.add_row(f"preprocessing, {num_proc} process(es)", f"{rate:,.0f} pairs/s (+{startup:.1f} s start-up)")
+    for num_proc, rate, startup, cpu in pre:
+        table.add_row(f"preprocessing, {num_proc} process(es)",
+                      f"{rate:,.0f} pairs/s (+{startup:.1f} s start-up; main process {cpu:.1f} CPU s)")
     if len(pre) > 1:
         table.add_row("preprocessing speed-up", f"{pre[-1][1] / pre[0][1]:.2f}x with {pre[-1][0]} processes")
     table.add_row(f"loader ({args.max_tokens} tokens, {args.num_workers} workers, {n_batches} batches)",

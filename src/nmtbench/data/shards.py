@@ -19,18 +19,22 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing.pool import Pool
 from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece as spm
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from nmtbench.errors import DataError
+
 if TYPE_CHECKING:  # workers import this module: keep its imports light
     from nmtbench.data.sources import Corpus
 
 CHUNK_PAIRS = 2000  # pairs per encoding task
+IN_FLIGHT = 32  # chunks submitted to the workers ahead of the writer
 DROP_REASONS = ("empty", "too_long", "length_ratio")
 
 
@@ -116,22 +120,31 @@ def _ready(x: int) -> int:
 
 
 @contextlib.contextmanager
-def encoding_pool(num_proc: int) -> Iterator[Pool | None]:
+def encoding_pool(num_proc: int) -> Iterator[ProcessPoolExecutor | None]:
     """`num_proc` worker processes for `encode_split` (None when num_proc == 1).
 
     "spawn" rather than "fork": the caller may run threads (rich, torch) that must not be
     forked mid-operation. Each worker imports the `__main__` script and this module, which
-    costs a second or two once per prepare; returns when the workers are up.
+    costs a second or two once per prepare; returns when the workers are up. A worker that
+    cannot start or dies raises a DataError instead of hanging.
     """
     if num_proc <= 1:
         yield None
         return
-    pool = mp.get_context("spawn").Pool(num_proc)
+    pool = ProcessPoolExecutor(num_proc, mp_context=mp.get_context("spawn"))
     try:
-        pool.map(_ready, range(num_proc))  # wait until the workers have started
+        try:
+            list(pool.map(_ready, range(num_proc)))  # wait until the workers have started
+        except BrokenProcessPool as exc:
+            raise DataError(
+                f"The {num_proc} encoding worker processes could not start ({exc}). "
+                "Run with data.num_proc=1 to encode in this process."
+            ) from exc
         yield pool
-    finally:
-        pool.terminate()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def encode_split(
@@ -142,7 +155,7 @@ def encode_split(
     vocab_size: int,
     *,
     filters: Filters | None,
-    pool: Pool | None = None,
+    pool: ProcessPoolExecutor | None = None,
     progress: Progress | None = None,
     raw_text: bool = False,
 ) -> dict[str, int]:
@@ -172,7 +185,7 @@ def encode_split(
 
     total, start = 0, time.perf_counter()
     try:
-        results = _ordered(pool, tasks(), 4 * pool._processes) if pool else map(encode_chunk, tasks())
+        results = _ordered(pool, tasks(), IN_FLIGHT) if pool else map(encode_chunk, tasks())
         for chunk in results:
             chunk.src_ids.tofile(files["src"])
             chunk.tgt_ids.tofile(files["tgt"])
@@ -196,16 +209,22 @@ def encode_split(
     return {"total": total, "kept": kept, **{r: dropped.get(r, 0) for r in DROP_REASONS}}
 
 
-def _ordered(pool, tasks: Iterator, window: int) -> Iterator[EncodedChunk]:
+def _ordered(pool: ProcessPoolExecutor, tasks: Iterator, window: int) -> Iterator[EncodedChunk]:
     """Results of `encode_chunk` over `tasks` in order, with at most `window` in flight
-    (Pool.imap would read the whole corpus into its queue at once)."""
-    pending: deque = deque()
-    for task in tasks:
-        pending.append(pool.apply_async(encode_chunk, (task,)))
-        if len(pending) >= window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    (Executor.map would read the whole corpus into its queue at once)."""
+    pending: deque[Future] = deque()
+    try:
+        for task in tasks:
+            pending.append(pool.submit(encode_chunk, task))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    except BrokenProcessPool as exc:
+        raise DataError(
+            f"An encoding worker process died ({exc}); out of memory? "
+            "Retry with a smaller data.num_proc (1 encodes in this process)."
+        ) from exc
 
 
 class TokenShard:
