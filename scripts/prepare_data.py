@@ -33,4 +33,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # Hydra's log directory: runs/prepare_data/<time>/ rather than runs/train/<time>/.
+    if not any(arg.startswith("task_name=") for arg in sys.argv[1:]):
+        sys.argv.append("task_name=prepare_data")
     main()
