@@ -19,11 +19,14 @@
 #                        relative paths are relative to the repository root)
 #   NMTBENCH_MULTI30K    Multi30k directory for the mini rows (default ../shared/data/multi30k)
 #   SKIP_DONE=1          skip an experiment whose run directory already has a tested results.json
+#   PARALLEL=1           start every row at once instead of one after another (each gets an
+#                        equal share of the machine: OMP_NUM_THREADS defaults to 1); the rows
+#                        stay compute-matched and the table finishes in one budget, not three
 #   PYTHON               interpreter (default python)
 # A failed run does not stop the others; the script exits non-zero if any run failed.
 set -uo pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ $# -lt 1 ]]; then usage; exit 2; fi
 SCALE=$1; shift
@@ -42,6 +45,19 @@ mkdir -p "$TABLE_DIR"
 
 failed=()
 run_dirs=()
+pids=()
+run_one() {  # run_one EXPERIMENT RUN_DIR OVERRIDES...: one row, with its log and timing
+  local exp=$1 run_dir=$2; shift 2
+  local start; start=$(date +%s)
+  if "$PYTHON" scripts/train.py "experiment=$exp" "hydra.run.dir=$run_dir" "$@"; then
+    echo "== $exp finished in $(( ($(date +%s) - start) / 60 )) min"
+  else
+    local rc=$?
+    echo "== $exp FAILED (exit $rc) after $(( ($(date +%s) - start) / 60 )) min; see $run_dir" >&2
+    return 1
+  fi
+}
+if [[ "${PARALLEL:-0}" == 1 ]]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 for exp in "${EXPERIMENTS[@]}"; do
   run_dir=$TABLE_DIR/$exp
   run_dirs+=("$run_dir")
@@ -51,13 +67,17 @@ for exp in "${EXPERIMENTS[@]}"; do
     continue
   fi
   echo "== $exp -> $run_dir  ($(date '+%F %T'))"
-  start=$(date +%s)
-  if "$PYTHON" scripts/train.py "experiment=$exp" "hydra.run.dir=$run_dir" "$@"; then
-    echo "== $exp finished in $(( ($(date +%s) - start) / 60 )) min"
+  if [[ "${PARALLEL:-0}" == 1 ]]; then
+    mkdir -p "$run_dir"
+    run_one "$exp" "$run_dir" "$@" > "$run_dir.out" 2>&1 &
+    pids+=("$!:$exp")
   else
-    echo "== $exp FAILED (exit $?) after $(( ($(date +%s) - start) / 60 )) min; see $run_dir" >&2
-    failed+=("$exp")
+    run_one "$exp" "$run_dir" "$@" || failed+=("$exp")
   fi
+done
+for entry in "${pids[@]}"; do
+  wait "${entry%%:*}" || failed+=("${entry#*:}")
+  tail -n 1 "$TABLE_DIR/${entry#*:}.out"
 done
 
 echo "== report -> $REPORT_DIR"
