@@ -19,7 +19,8 @@ steps is two batched matmuls, the GNMT-style fast path (Wu et al. 2016). For luo
 Table 1's "global attention" row without "feed input"; for bahdanau the context then only
 reaches the output layer. With feeding, the decoder is a Python loop over steps on the
 nn.LSTM's own weights through `torch.lstm_cell` (measured faster than nn.LSTM called per step:
-`python scripts/benchmark.py lstm`: ~1.7-1.9x on CPU; on GPU lstm_cell is one fused kernel);
+`python scripts/benchmark.py lstm`: nn.LSTM per step is 1.1-1.25x (small) to 2.3-3.5x (paper size)
+slower on CPU; on GPU lstm_cell is one fused kernel);
 embeddings, the encoder-side attention keys (W_a h_s) and the output layer are computed once
 for all steps, outside the loop. Step outputs are collected in a list and stacked once:
 writing them into a preallocated (B, T, H) tensor adds a CopySlices autograd node per step
