@@ -22,6 +22,17 @@ torch.set_num_threads(1)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
+# A one-layer, 32-wide Transformer: trains a few steps in a second on CPU.
+TINY_TRANSFORMER = [
+    "model=transformer",
+    "model.d_model=32",
+    "model.num_heads=2",
+    "model.d_ff=64",
+    "model.num_encoder_layers=1",
+    "model.num_decoder_layers=1",
+]
+
+
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """Compose configs/<config_name>.yaml exactly as the scripts do (without running Hydra)."""
     GlobalHydra.instance().clear()

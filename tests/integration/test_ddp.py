@@ -28,6 +28,8 @@ from nmtbench.errors import ConfigError
 from nmtbench.train import degrade_gpu_settings, gradient_accumulation, train
 from tests.conftest import compose_config
 
+from ..conftest import TINY_TRANSFORMER
+
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 6  # optimizer steps of both runs
 VAL_EVERY = 3  # optimizer steps between validations (scaled by the accumulation in train.py)
@@ -46,12 +48,7 @@ TINY = [
     "data.vocab_size=300",
     f"data.max_tokens={MAX_TOKENS}",
     f"data.effective_batch_tokens={EFFECTIVE}",
-    "model=transformer",
-    "model.d_model=32",
-    "model.num_heads=2",
-    "model.d_ff=64",
-    "model.num_encoder_layers=1",
-    "model.num_decoder_layers=1",
+    *TINY_TRANSFORMER,
     "model.dropout=0.0",
     "model.optim.name=sgd",
     "model.optim.lr=5.0",

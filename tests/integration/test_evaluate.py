@@ -12,22 +12,17 @@ from nmtbench.evaluate import evaluate, load_datamodule, load_module, translate_
 from nmtbench.scoring import paper_bleu
 from nmtbench.train import train
 
-from ..conftest import compose_config
+from ..conftest import TINY_TRANSFORMER, compose_config
 
-TINY_TRANSFORMER = [
-    "model=transformer",
-    "model.d_model=32",
-    "model.num_heads=2",
-    "model.d_ff=64",
-    "model.num_encoder_layers=1",
-    "model.num_decoder_layers=1",
+TINY_RUN = [
+    *TINY_TRANSFORMER,
     "test=false",
 ]
 
 
 @pytest.mark.slow
 def test_evaluate_scores_equal_sacrebleu_on_its_files(tiny_cfg, tmp_path):
-    train(tiny_cfg(TINY_TRANSFORMER))
+    train(tiny_cfg(TINY_RUN))
     run = tmp_path / "run"
     averaged = save_averaged(last_checkpoints(run, n=2), run / "checkpoints" / "averaged.ckpt")
 

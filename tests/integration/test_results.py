@@ -18,13 +18,10 @@ from nmtbench.callbacks.throughput import ThroughputCallback
 from nmtbench.callbacks.wallclock import WallClockCallback
 from tests.unit.test_callbacks_results import CFG, TinyData, TinyModule, batch_tokens, make_batch
 
-TINY_TRANSFORMER = [
-    "model=transformer",
-    "model.d_model=32",
-    "model.num_heads=2",
-    "model.d_ff=64",
-    "model.num_encoder_layers=1",
-    "model.num_decoder_layers=1",
+from ..conftest import TINY_TRANSFORMER
+
+TINY_RUN = [
+    *TINY_TRANSFORMER,
     "callbacks.throughput.cpu_benchmark_seconds=0.2",
     # an untrained model decodes to the maximum length: keep decoding short
     "data.toy.num_valid=10",
@@ -41,7 +38,7 @@ def test_smoke_run_results_and_scalars(tiny_cfg, tmp_path):
 
     from nmtbench.train import train
 
-    train(tiny_cfg(TINY_TRANSFORMER))
+    train(tiny_cfg(TINY_RUN))
     run = tmp_path / "run"
     r = load_results(run / "results.json")  # raises if it does not validate
     assert r["stages"] == ["fit", "test"]

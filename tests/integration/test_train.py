@@ -7,14 +7,7 @@ import torch
 
 from nmtbench.train import train
 
-TINY_TRANSFORMER = [
-    "model=transformer",
-    "model.d_model=32",
-    "model.num_heads=2",
-    "model.d_ff=64",
-    "model.num_encoder_layers=1",
-    "model.num_decoder_layers=1",
-]
+from ..conftest import TINY_TRANSFORMER
 
 
 @pytest.mark.slow
