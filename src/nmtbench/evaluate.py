@@ -126,25 +126,22 @@ def translate_lines(module, lines: Sequence[str], *, beam_size: int = 4, length_
                     max_len_b: int = 50, max_tokens: int = 4096) -> list[str]:
     """Translate raw source lines (module needs a tokenizer): batched by a padded-token
     budget over length-sorted lines; the result is in input order."""
-    from nmtbench.data.batching import Collator
+    from nmtbench.data.batching import Collator, pack
 
     tok = module.tokenizer
     if tok is None:
         raise RuntimeError("translate_lines needs module.tokenizer (see load_datamodule / attach_tokenizer)")
     collate = Collator(tok.pad_id, tok.bos_id, tok.eos_id)
     ids = [np.asarray(tok.encode(line), dtype=np.int64) for line in lines]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)  # + EOS
+    order = np.argsort(lengths, kind="stable")
     out: list[str] = [""] * len(ids)
-    start = 0
-    while start < len(order):
-        end = start + 1  # grow the batch while (rows x longest source) fits the budget
-        while end < len(order) and (end + 1 - start) * (len(ids[order[end]]) + 1) <= max_tokens:
-            end += 1
-        chunk = order[start:end]
-        batch = collate([(i, ids[i], np.zeros(0, dtype=np.int64)) for i in chunk])
+    # The evaluation batching: length-sorted, (rows x longest source) within max_tokens.
+    for chunk in pack(order, lengths, max_tokens):
+        batch = collate([(int(i), ids[i], np.zeros(0, dtype=np.int64)) for i in chunk])
         batch = {k: v.to(module.device) for k, v in batch.items()}
-        for i, hyp in zip(chunk, module.translate(batch, beam_size=beam_size, length_penalty=length_penalty,
-                                                  max_len_b=max_len_b)):
+        for i, hyp in zip(chunk.tolist(), module.translate(batch, beam_size=beam_size,
+                                                           length_penalty=length_penalty,
+                                                           max_len_b=max_len_b)):
             out[i] = hyp
-        start = end
     return out

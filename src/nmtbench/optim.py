@@ -86,11 +86,4 @@ class ScheduledLR(torch.optim.lr_scheduler.LRScheduler):
         return {k: v for k, v in super().state_dict().items() if k not in ("cfg", "epoch_fn")}
 
 
-def peak_lr(cfg: OptimConfig, model_dim: int) -> float:
-    """Largest lr the schedule reaches (for logging)."""
-    if cfg.schedule == "inverse_sqrt":
-        return cfg.lr * model_dim**-0.5 * cfg.warmup_steps**-0.5
-    return cfg.lr
-
-
-__all__ = ["OptimConfig", "ScheduledLR", "build_optimizer", "lr_at", "peak_lr"]
+__all__ = ["OptimConfig", "ScheduledLR", "build_optimizer", "lr_at"]
