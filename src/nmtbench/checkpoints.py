@@ -1,9 +1,16 @@
-"""Checkpoint averaging (Vaswani et al. 2017, section 6.1: "averaging the last 5 checkpoints").
+"""Checkpoints: atomic writes, readable errors, the tokenizer inside, and averaging.
 
-`average_checkpoints(paths)` averages the `state_dict` of Lightning checkpoints element-wise
-and returns one checkpoint dict that loads like any other (`Seq2SeqModule.load_from_checkpoint`,
-`scripts/evaluate.py ckpt_path=...`). `last_checkpoints(run_dir, n)` picks the N checkpoints
-of a run with the highest `global_step`.
+- `AtomicCheckpointIO`: Lightning's `TorchCheckpointIO` writing through a temporary file in
+  the checkpoint's own directory, fsynced, then renamed onto the target (a kill during a save
+  never leaves a truncated `last.ckpt` where a good one was); reading a truncated or corrupt
+  file is a one-line `CheckpointError` that names it.
+- `TOKENIZER_KEY`: every checkpoint carries the SentencePiece model (its bytes) and SHA-256
+  (`Seq2SeqModule.on_save_checkpoint`), so translating needs only the checkpoint.
+- `average_checkpoints(paths)` (Vaswani et al. 2017, section 6.1: "averaging the last 5
+  checkpoints") averages the `state_dict` of Lightning checkpoints element-wise and returns one
+  checkpoint dict that loads like any other (`scripts/evaluate.py ckpt_path=...`), tokenizer
+  included. `last_checkpoints(run_dir, n)` picks the N checkpoints of a run with the highest
+  `global_step`.
 
 Note: the paper averaged checkpoints written every 10 minutes. A run keeps the checkpoints
 its `ModelCheckpoint` callback keeps; to average the *last* N, train with a callback that
@@ -12,20 +19,94 @@ keeps them (e.g. `every_n_train_steps` and `save_top_k: -1`).
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from nmtbench.atomic import atomic_file, remove_stale_tmp
+from nmtbench.errors import CheckpointError
 
 # Entries of a Lightning checkpoint that describe the training state of one checkpoint and
 # are meaningless for an average; they are dropped (the average cannot resume training).
 TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
+# {"type": "sentencepiece", "model": bytes, "sha256": str, "vocab_size": int}
+TOKENIZER_KEY = "nmtbench_tokenizer"
+# What torch.load raises on a file that is not a (complete) checkpoint.
+UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+              AttributeError, ImportError, IndexError, KeyError, TypeError, OSError)
+
+
+def _unreadable(path: _PATH, exc: BaseException) -> CheckpointError:
+    reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    size = Path(path).stat().st_size if Path(path).is_file() else 0
+    return CheckpointError(
+        f"{path} is not a readable checkpoint ({size:,} bytes; {type(exc).__name__}: {reason}): "
+        "it is truncated or corrupt. Use another checkpoint of the run (e.g. a step*.ckpt next "
+        "to it), or start again with ckpt_path=null."
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint (our own files: full unpickling) onto the CPU."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load a Lightning checkpoint (our own files: full unpickling) onto the CPU.
+
+    A missing file, or one that is truncated, corrupt or not a checkpoint, is a
+    `CheckpointError` naming it."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"ckpt_path={path} does not exist (pass a .ckpt file of a run).")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except UNREADABLE as exc:
+        raise _unreadable(path, exc) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no 'state_dict' in it).")
+    return ckpt
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """`TorchCheckpointIO` whose saves are atomic and whose load errors name the file.
+
+    Lightning's own save goes through fsspec, which writes to the system temp directory and
+    *moves* the file: across filesystems that is a copy into the target, which a kill can
+    truncate. Here the temporary file lives next to the target and one `os.replace` swaps it
+    in; temporary files of killed writers are removed at the next save.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO.save_checkpoint does not take storage_options")
+        with atomic_file(path) as f:
+            torch.save(checkpoint, f)
+        remove_stale_tmp(str(Path(path).parent))
+
+    def load_checkpoint(self, path: _PATH, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not Path(path).is_file():
+            raise CheckpointError(f"ckpt_path={path} does not exist (pass a .ckpt file of a run, or ckpt_path=last).")
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except UNREADABLE as exc:
+            raise _unreadable(path, exc) from exc
+
+
+def checkpoint_tokenizer(ckpt: dict[str, Any]):
+    """The `Tokenizer` stored in a checkpoint, or None (checkpoints written before it was)."""
+    from nmtbench.data.tokenizer import Tokenizer
+
+    saved = ckpt.get(TOKENIZER_KEY)
+    if not saved:
+        return None
+    tokenizer = Tokenizer.from_bytes(saved["model"])
+    if tokenizer.sha256 != saved["sha256"]:
+        raise CheckpointError(
+            f"The tokenizer stored in the checkpoint does not match its recorded hash "
+            f"({tokenizer.sha256[:12]} vs {saved['sha256'][:12]}): the checkpoint is corrupt."
+        )
+    return tokenizer
 
 
 def find_checkpoints(run_or_dir: str | Path) -> list[Path]:
@@ -57,28 +138,36 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
     """Element-wise mean of the `state_dict`s of `paths` (accumulated in float64, cast back to
     each tensor's dtype). Non-floating tensors (counters, int buffers) must be equal in every
     checkpoint and are copied. The rest of the checkpoint (hyper-parameters, `global_step`,
-    versions) comes from the last path; optimizer and loop state are dropped."""
+    versions, the tokenizer) comes from the last path; optimizer and loop state are dropped.
+    All checkpoints must carry the same tokenizer."""
     if not paths:
-        raise ValueError("average_checkpoints needs at least one checkpoint")
+        raise CheckpointError("average_checkpoints needs at least one checkpoint")
     sums: dict[str, torch.Tensor] = {}
     last: dict[str, Any] = {}
     for i, path in enumerate(paths):
         ckpt = load_checkpoint(path)
         state = ckpt["state_dict"]
+        tokenizer_hash = (ckpt.get(TOKENIZER_KEY) or {}).get("sha256")
         if i == 0:
+            first_hash = tokenizer_hash
             keys = list(state)
             sums = {k: v.double().clone() if v.is_floating_point() else v.clone() for k, v in state.items()}
         else:
+            if tokenizer_hash != first_hash:
+                raise CheckpointError(
+                    f"{path} was trained with another tokenizer (sha256 {str(tokenizer_hash)[:12]}) than "
+                    f"{paths[0]} (sha256 {str(first_hash)[:12]}): average checkpoints of one run only."
+                )
             if list(state) != keys:
                 missing = set(keys) ^ set(state)
-                raise ValueError(f"{path} has different parameters from {paths[0]}: {sorted(missing)[:5]}")
+                raise CheckpointError(f"{path} has different parameters from {paths[0]}: {sorted(missing)[:5]}")
             for k, v in state.items():
                 if v.shape != sums[k].shape:
-                    raise ValueError(f"{path}: '{k}' has shape {tuple(v.shape)}, expected {tuple(sums[k].shape)}")
+                    raise CheckpointError(f"{path}: '{k}' has shape {tuple(v.shape)}, expected {tuple(sums[k].shape)}")
                 if v.is_floating_point():
                     sums[k] += v.double()
                 elif not torch.equal(v, sums[k]):
-                    raise ValueError(f"{path}: non-floating tensor '{k}' differs between checkpoints")
+                    raise CheckpointError(f"{path}: non-floating tensor '{k}' differs between checkpoints")
         last = ckpt
     dtypes = {k: v.dtype for k, v in last["state_dict"].items()}
     averaged = {k: (v / len(paths)).to(dtypes[k]) if v.is_floating_point() else v for k, v in sums.items()}
@@ -91,6 +180,7 @@ def average_checkpoints(paths: Sequence[str | Path]) -> dict[str, Any]:
 def save_averaged(paths: Sequence[str | Path], output: str | Path) -> Path:
     """Average `paths` and write the result to `output` (parent directories created)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(average_checkpoints(paths), output)
+    averaged = average_checkpoints(paths)
+    with atomic_file(output) as f:
+        torch.save(averaged, f)
     return output

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
+from nmtbench.checkpoints import TOKENIZER_KEY, checkpoint_tokenizer
 from nmtbench.config import from_mapping
+from nmtbench.errors import CheckpointError
 from nmtbench.models import build_model
 from nmtbench.optim import OptimConfig, ScheduledLR, build_optimizer
 
@@ -41,8 +43,9 @@ def label_smoothed_loss(
 class Seq2SeqModule(L.LightningModule):
     """Training/evaluation logic around any model implementing the nmtbench interface.
 
-    `cfg` is the full resolved run config (a plain dict); it is saved in every checkpoint
-    so evaluation can rebuild the data, tokenizer and model from the checkpoint alone.
+    `cfg` is the full resolved run config (a plain dict); it is saved in every checkpoint,
+    with the tokenizer (bytes + SHA-256, `on_save_checkpoint`), so the checkpoint alone
+    rebuilds the model and translates.
     """
 
     def __init__(self, cfg: dict[str, Any], vocab_size: int, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3):
@@ -53,7 +56,8 @@ class Seq2SeqModule(L.LightningModule):
         self.optim_cfg = from_mapping(OptimConfig, model_cfg.get("optim"), "model.optim")
         self.label_smoothing = float(model_cfg.get("label_smoothing", 0.0))
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.tokenizer = None  # attached in setup() from the datamodule (not saved)
+        # From the checkpoint (on_load_checkpoint) or the datamodule (setup); saved in checkpoints.
+        self.tokenizer = None
         # Token-weighted validation loss, reduced across ranks by torchmetrics.
         self.val_loss_sum = SumMetric()
         self.val_nll_sum = SumMetric()
@@ -66,13 +70,54 @@ class Seq2SeqModule(L.LightningModule):
             self.attach_tokenizer(dm.tokenizer)
 
     def attach_tokenizer(self, tokenizer) -> None:
+        """Use `tokenizer` for decoding; it must be the one the weights were trained with."""
         vocab = self.hparams["vocab_size"]
         if tokenizer.vocab_size != vocab:
             raise ValueError(
                 f"The tokenizer has {tokenizer.vocab_size} pieces but the model was built for {vocab}; "
                 "rebuild the data cache or set data.vocab_size to match."
             )
+        if self.tokenizer is not None and self.tokenizer.sha256 != tokenizer.sha256:
+            raise CheckpointError(
+                f"Tokenizer mismatch: the checkpoint was trained with {self.tokenizer.describe()}, but the "
+                f"data gives {tokenizer.describe()}. Use the data settings (and cache) the run was "
+                "trained with, or drop data.* overrides: the checkpoint carries its own tokenizer."
+            )
         self.tokenizer = tokenizer
+
+    # -- checkpoints: self-contained (tokenizer inside) and checked on load -------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.tokenizer is not None:
+            checkpoint[TOKENIZER_KEY] = {
+                "type": "sentencepiece", "model": self.tokenizer.model_bytes,
+                "sha256": self.tokenizer.sha256, "vocab_size": self.tokenizer.vocab_size,
+            }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another model or vocabulary with one line naming both, and
+        take the checkpoint's tokenizer (or check it against the data's, when resuming)."""
+        tokenizer = checkpoint_tokenizer(checkpoint)
+        if tokenizer is not None and self.tokenizer is None:
+            self.attach_tokenizer(tokenizer)
+        elif tokenizer is not None:
+            tokenizer_must_match(tokenizer, self.tokenizer)
+        own, theirs = self.state_dict(), checkpoint.get("state_dict", {})
+        missing = [k for k in own if k not in theirs]
+        unexpected = [k for k in theirs if k not in own]
+        shapes = [k for k in own if k in theirs and tuple(own[k].shape) != tuple(theirs[k].shape)]
+        if missing or unexpected or shapes:
+            if shapes:
+                k = shapes[0]
+                first = f"'{k}' is {tuple(theirs[k].shape)} there, {tuple(own[k].shape)} here"
+            else:
+                first = f"parameter '{(missing or unexpected)[0]}' is {'missing' if missing else 'unexpected'}"
+            theirs_cfg = (checkpoint.get("hyper_parameters") or {}).get("cfg") or {}
+            raise CheckpointError(
+                f"The checkpoint holds another model: {describe_model(theirs_cfg, checkpoint)} vs this "
+                f"run's {describe_model(self.hparams['cfg'], {'hyper_parameters': self.hparams})} "
+                f"({first}). Resume with the run's own model and data settings, or start a new run "
+                "(ckpt_path=null)."
+            )
 
     @property
     def num_parameters(self) -> int:
@@ -145,6 +190,26 @@ class Seq2SeqModule(L.LightningModule):
         optimizer = build_optimizer(self.optim_cfg, self.model.parameters())
         scheduler = ScheduledLR(optimizer, self.optim_cfg, self.model.model_dim, epoch_fn=lambda: self.current_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def tokenizer_must_match(saved, data) -> None:
+    """A resumed run's data tokenizer must be the checkpoint's (same SentencePiece model)."""
+    if saved.sha256 != data.sha256:
+        raise CheckpointError(
+            f"Tokenizer mismatch: the checkpoint was trained with {saved.describe()}, but this run's "
+            f"data gives {data.describe()}. Resume with the data settings the checkpoint was trained "
+            "with (same data.* and cache), or start a new run (ckpt_path=null)."
+        )
+
+
+def describe_model(cfg: dict[str, Any], checkpoint: dict[str, Any]) -> str:
+    """e.g. "transformer (d_model 128, 2+2 layers, vocab 1000)" for error messages."""
+    model = cfg.get("model") or {}
+    vocab = (checkpoint.get("hyper_parameters") or {}).get("vocab_size")
+    keys = ("d_model", "hidden_size", "attention", "num_layers", "num_encoder_layers", "num_decoder_layers")
+    details = [f"{k} {model[k]}" for k in keys if model.get(k) is not None]
+    details.append(f"vocab {vocab}")
+    return f"{model.get('name', '?')} ({', '.join(details)})"
 
 
 __all__ = ["Seq2SeqModule", "label_smoothed_loss"]

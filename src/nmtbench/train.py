@@ -11,10 +11,12 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from nmtbench.callbacks.resume import ResumeCheckpoint
+from nmtbench.checkpoints import AtomicCheckpointIO
 from nmtbench.config import to_container
-from nmtbench.errors import ConfigError
+from nmtbench.errors import CheckpointError, ConfigError, Preempted
 from nmtbench.models import model_config
 
 log = logging.getLogger(__name__)
@@ -32,16 +34,44 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return objects
 
 
-def resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    if cfg.get("ckpt_path") in (None, ""):
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path` for `Trainer.fit`: null (new run), "last" (Lightning resolves it: the newest
+    `last*.ckpt` of the run's checkpoint directory; none yet = a new run, with a warning), or
+    a path, which must exist."""
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, ""):
         return None
-    if cfg.ckpt_path == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.exists() else None
-    path = Path(cfg.ckpt_path)
-    if not path.exists():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist.")
-    return str(path)
+    if ckpt in ("last", "hpc"):
+        return str(ckpt)
+    if not Path(ckpt).is_file():
+        raise ConfigError(
+            f"ckpt_path={ckpt} does not exist. Pass a .ckpt file, or ckpt_path=last together with "
+            "hydra.run.dir=<the run directory> to resume a run from its newest checkpoint."
+        )
+    return str(ckpt)
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """More GPUs requested than visible is an error naming both counts (before any work)."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    devices = cfg.trainer.get("devices", "auto")
+    if accelerator not in ("gpu", "cuda", "auto") or not torch.cuda.is_available():
+        return
+    visible = torch.cuda.device_count()
+    wanted = devices if isinstance(devices, int) else (len(devices) if isinstance(devices, (list, ListConfig)) else None)
+    ids = list(devices) if isinstance(devices, (list, ListConfig)) else []
+    if (wanted is not None and wanted > visible) or any(int(i) >= visible for i in ids):
+        raise ConfigError(
+            f"trainer.devices={devices} but this machine has {visible} visible CUDA GPU(s). "
+            f"Use trainer.devices={visible} (or auto), or run where that many GPUs are visible "
+            "(CUDA_VISIBLE_DEVICES limits them)."
+        )
+
+
+def order_callbacks(trainer: L.Trainer) -> None:
+    """ResumeCheckpoint last: its save includes every other callback's update of the step."""
+    resume = [c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)]
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ResumeCheckpoint)] + resume
 
 
 GPU_ONLY_PRECISIONS = ("16-mixed", "bf16-mixed", "16-true", "bf16-true", "16", "bf16", "transformer-engine")
@@ -139,6 +169,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     model_config(cfg.model)  # validate the architecture keys before any heavy work
     degrade_gpu_settings(cfg)
+    check_devices(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -157,8 +189,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     optim_clip = float(cfg.model.get("optim", {}).get("grad_clip", 0.0) or 0.0)
     if optim_clip > 0 and cfg.trainer.get("gradient_clip_val") is None:
         trainer_kwargs["gradient_clip_val"] = optim_clip
+    # Atomic checkpoint writes (temporary file + rename) and one-line errors for bad files.
+    plugins = hydra.utils.instantiate(cfg.trainer.get("plugins")) or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    trainer_kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                                  **trainer_kwargs)
+    order_callbacks(trainer)
     # The ranks are known here (DDP, torchrun and SLURM all set them when the Trainer is built).
     check_hydra_multirun(trainer)
     rank_zero_log_file(trainer)
@@ -180,7 +217,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except CheckpointError as exc:  # raised while restoring: say which file
+        path = str(trainer.ckpt_path or cfg.ckpt_path)
+        raise (exc if path in str(exc) else CheckpointError(f"{path}: {exc}")) from exc
+    except Preempted as exc:
+        rank_zero_only(log.warning)("%s", exc.message)
+        raise
+    resume = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
+    if resume is not None and resume.stop_requested:  # SIGTERM in the last step: no test
+        message = f"Stopped by SIGTERM after the last step ({trainer.global_step}); the test is skipped."
+        rank_zero_only(log.warning)(message)
+        raise Preempted(message)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     if cfg.get("test") and not trainer.fast_dev_run:

@@ -10,7 +10,9 @@
 
 Both directories are built in a temporary directory next to them and moved into place
 with one `os.replace`, so a crash never leaves a half-written cache that a later run would
-read: a cache directory either is complete or does not exist.
+read: a cache directory either is complete or does not exist. Each is built under a lock
+(`.{name}.lock` next to it), so processes that start together (two runs, the first rank of
+every node) build it once: the others wait, then reuse it.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import json
 import os
 import random
 import shutil
-import socket
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from nmtbench.atomic import atomic_dir, build_lock
 from nmtbench.data.config import DataConfig, load_data_config
 from nmtbench.data.shards import (
     DROP_REASONS,
@@ -119,14 +120,21 @@ def prepare(cfg_data: DataConfig | Mapping[str, Any], console: Console | None = 
         console.print(f"[green]Reusing[/green] prepared data {prepared.dir}")
         print_stats(prepared.stats, console)
         return prepared
-    start = time.perf_counter()
     directory, key, identity = cache_path(cfg)
-    console.print(f"Preparing data ({cfg.source}) into {directory}")
-    corpora = open_source(cfg)
-    if len(corpora["train"]) == 0:
-        raise DataError(f"The training data is empty: {corpora['train'].description}.")
-    spm_dir = build_tokenizer(cfg, corpora["train"], console)
-    stats, meta = _build(cfg, corpora, spm_dir, directory, key, identity, console)
+    # One builder per cache: a second process (another run, another node) waits, then reuses.
+    with build_lock(directory, on_wait=console.print):
+        prepared = load_prepared(cfg)
+        if prepared is not None:
+            console.print(f"[green]Reusing[/green] prepared data {prepared.dir} (built by another process)")
+            print_stats(prepared.stats, console)
+            return prepared
+        start = time.perf_counter()
+        console.print(f"Preparing data ({cfg.source}) into {directory}")
+        corpora = open_source(cfg)
+        if len(corpora["train"]) == 0:
+            raise DataError(f"The training data is empty: {corpora['train'].description}.")
+        spm_dir = build_tokenizer(cfg, corpora["train"], console)
+        stats, meta = _build(cfg, corpora, spm_dir, directory, key, identity, console)
     console.print(f"Prepared in {time.perf_counter() - start:.1f} s")
     print_stats(stats, console)
     return PreparedData(directory, key, stats, meta, reused=False)
@@ -137,9 +145,17 @@ def build_tokenizer(cfg: DataConfig, train: Corpus, console: Console) -> str:
     identity = {"format_version": FORMAT_VERSION, "data": source_identity(cfg),
                 "tokenizer": tokenizer_settings(cfg)}
     directory = os.path.join(cfg.cache_dir, f"spm-{_hash(identity)}")
-    if os.path.isfile(os.path.join(directory, "spm.model")):
-        console.print(f"Reusing tokenizer {directory}/spm.model")
-        return directory
+    # Caches that differ only in their filters share this tokenizer: build it once too.
+    with build_lock(directory, on_wait=console.print):
+        if os.path.isfile(os.path.join(directory, "spm.model")):
+            console.print(f"Reusing tokenizer {directory}/spm.model")
+            return directory
+        _train_tokenizer(cfg, train, identity, directory, console)
+    return directory
+
+
+def _train_tokenizer(cfg: DataConfig, train: Corpus, identity: dict[str, Any], directory: str,
+                     console: Console) -> None:
     num_pairs = min(len(train), (cfg.input_sentence_size + 1) // 2)
     rng = np.random.default_rng(SAMPLE_SEED)
     indices = rng.choice(len(train), size=num_pairs, replace=False)
@@ -148,7 +164,7 @@ def build_tokenizer(cfg: DataConfig, train: Corpus, console: Console) -> str:
     sentences = [s for pair in pairs for s in pair if s.strip()]
     random.Random(SAMPLE_SEED).shuffle(sentences)
     start = time.perf_counter()
-    with _atomic_dir(directory) as tmp:
+    with atomic_dir(directory) as tmp:
         with console.status(
             f"Training SentencePiece BPE (vocab {cfg.vocab_size}) on {len(sentences):,} sentences"
         ):
@@ -162,7 +178,6 @@ def build_tokenizer(cfg: DataConfig, train: Corpus, console: Console) -> str:
         f"Trained the tokenizer (BPE, vocab {cfg.vocab_size}) on {len(sentences):,} sentences "
         f"in {time.perf_counter() - start:.1f} s"
     )
-    return directory
 
 
 def _build(
@@ -171,7 +186,7 @@ def _build(
 ) -> tuple[dict[str, dict[str, int]], dict[str, Any]]:
     filters = Filters(cfg.max_len, cfg.max_len_ratio)
     stats: dict[str, dict[str, int]] = {}
-    with _atomic_dir(directory) as tmp:
+    with atomic_dir(directory) as tmp:
         for name in ("spm.model", "spm.vocab"):
             shutil.copy2(os.path.join(spm_dir, name), os.path.join(tmp, name))
         model_path = os.path.join(tmp, "spm.model")
@@ -199,58 +214,6 @@ def _build(
         with open(os.path.join(tmp, "meta.json"), "w") as f:  # written last
             json.dump(meta, f, indent=2)
     return stats, meta
-
-
-class _atomic_dir:
-    """Context manager: yields a temporary directory that becomes `path` on success.
-
-    On an exception the temporary directory is deleted and `path` is untouched. If another
-    process created `path` meanwhile (same key, same content), its copy is kept.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        self.tmp = ""
-
-    def __enter__(self) -> str:
-        parent = os.path.dirname(self.path)
-        os.makedirs(parent, exist_ok=True)
-        _remove_stale_tmp(parent)
-        self.tmp = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-{_HOST}-", dir=parent)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; caches are shared
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                try:
-                    os.replace(self.tmp, self.path)
-                except OSError:
-                    if not os.path.isdir(self.path):
-                        raise
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def _remove_stale_tmp(parent: str) -> None:
-    """Delete temporary build directories left by dead processes of this host (crashes)."""
-    for name in os.listdir(parent):
-        parts = name.split("-")
-        if not name.startswith(".tmp-") or len(parts) < 4 or parts[2] != _HOST:
-            continue
-        try:
-            os.kill(int(parts[1]), 0)
-        except (ValueError, IndexError):
-            continue
-        except ProcessLookupError:
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-        except PermissionError:
-            continue
 
 
 def _counts_text(counts: Mapping[str, int]) -> str:

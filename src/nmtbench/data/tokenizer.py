@@ -5,6 +5,7 @@ Special ids are fixed by the interface contract: pad=0, unk=1, bos=2, eos=3.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterable, Sequence
 
@@ -68,7 +69,9 @@ class Tokenizer:
     """Joint source/target subword tokenizer (SentencePiece BPE).
 
     `encode` returns piece ids without BOS/EOS (the collator adds them); `decode` drops
-    pad/bos/eos and returns detokenized text.
+    pad/bos/eos and returns detokenized text. The model's bytes (`model_bytes`) and their
+    SHA-256 (`sha256`) identify it: they travel inside every checkpoint, and
+    `Tokenizer.from_bytes` rebuilds it from there without any file.
     """
 
     pad_id = PAD_ID
@@ -76,15 +79,35 @@ class Tokenizer:
     bos_id = BOS_ID
     eos_id = EOS_ID
 
-    def __init__(self, model_path: str):
-        self.model_path = model_path
-        self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    def __init__(self, model_path: str | None = None, *, model_bytes: bytes | None = None):
+        if (model_path is None) == (model_bytes is None):
+            raise ValueError("Tokenizer needs exactly one of model_path or model_bytes")
+        if model_bytes is None:
+            with open(model_path, "rb") as f:
+                model_bytes = f.read()
+        self.model_path = model_path  # None when built from bytes (a checkpoint)
+        self.model_bytes = model_bytes
+        self.sha256 = hashlib.sha256(model_bytes).hexdigest()
+        where = model_path or f"the tokenizer with sha256 {self.sha256[:12]}"
+        try:
+            self.sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        except RuntimeError as exc:
+            raise DataError(f"{where}: not a SentencePiece model ({exc}).") from exc
         ids = (self.sp.pad_id(), self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id())
         if ids != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
             raise DataError(
-                f"{model_path}: special ids (pad, unk, bos, eos) are {ids}, expected (0, 1, 2, 3). "
+                f"{where}: special ids (pad, unk, bos, eos) are {ids}, expected (0, 1, 2, 3). "
                 "Delete the cache directory so the tokenizer is retrained."
             )
+
+    @classmethod
+    def from_bytes(cls, model_bytes: bytes) -> Tokenizer:
+        return cls(model_bytes=model_bytes)
+
+    def describe(self) -> str:
+        """Names the tokenizer in messages: its file (if any), vocabulary and hash."""
+        where = f"{self.model_path}, " if self.model_path else ""
+        return f"{where}vocab {self.vocab_size}, sha256 {self.sha256[:12]}"
 
     @property
     def vocab_size(self) -> int:
@@ -119,7 +142,8 @@ class Tokenizer:
         return self.sp.piece_to_id(piece)
 
     def __getstate__(self) -> dict:  # picklable for DataLoader workers / spawn
-        return {"model_path": self.model_path}
+        return {"model_path": self.model_path, "model_bytes": self.model_bytes}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["model_path"])
+        self.__init__(model_bytes=state["model_bytes"])
+        self.model_path = state["model_path"]
