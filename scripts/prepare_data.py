@@ -14,12 +14,16 @@ lets the slow part run once, on a CPU machine, before training.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from nmtbench.config import exit_on_unknown_overrides
 from nmtbench.data.prepare import prepare
 from nmtbench.errors import NmtbenchError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
@@ -33,6 +37,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_unknown_overrides(CONFIG_DIR, "train")
     # Hydra's log directory: runs/prepare_data/<time>/ rather than runs/train/<time>/.
     if not any(arg.startswith("task_name=") for arg in sys.argv[1:]):
         sys.argv.append("task_name=prepare_data")

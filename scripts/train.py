@@ -1,12 +1,16 @@
 """Train a model: `python scripts/train.py model=transformer` (see configs/train.yaml)."""
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from nmtbench.config import exit_on_unknown_overrides
 from nmtbench.errors import NmtbenchError
 from nmtbench.train import train
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
@@ -21,4 +25,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_on_unknown_overrides(CONFIG_DIR, "train")
     main()

@@ -1,6 +1,6 @@
 """Translate stdin or a file with a checkpoint, batched:
 `python scripts/translate.py ckpt_path=... [input=FILE] [output=FILE] beam_size=4`
-(see configs/translate.yaml)."""
+(see configs/translate.yaml). Needs only the checkpoint (its tokenizer is inside)."""
 
 import sys
 from pathlib import Path
@@ -8,28 +8,22 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from nmtbench.config import exit_on_unknown_overrides
 from nmtbench.errors import NmtbenchError
-from nmtbench.evaluate import load_datamodule, load_module, pick_device, translate_lines
+from nmtbench.evaluate import translate
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="translate")
 def main(cfg: DictConfig) -> None:
     try:
-        module = load_module(cfg.ckpt_path, pick_device(cfg.device))
-        load_datamodule(module, cfg.data)  # attaches the run's tokenizer
+        translate(cfg)
     except NmtbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    text = Path(cfg.input).read_text(encoding="utf-8") if cfg.input else sys.stdin.read()
-    lines = text.splitlines()
-    hyps = translate_lines(module, lines, beam_size=int(cfg.beam_size), length_penalty=float(cfg.length_penalty),
-                           max_len_b=int(cfg.max_len_b), max_tokens=int(cfg.max_tokens))
-    out = "".join(h + "\n" for h in hyps)
-    if cfg.output:
-        Path(cfg.output).write_text(out, encoding="utf-8")
-    else:
-        sys.stdout.write(out)
 
 
 if __name__ == "__main__":
+    exit_on_unknown_overrides(CONFIG_DIR, "translate")
     main()

@@ -6,6 +6,8 @@
   file is a one-line `CheckpointError` that names it.
 - `TOKENIZER_KEY`: every checkpoint carries the SentencePiece model (its bytes) and SHA-256
   (`Seq2SeqModule.on_save_checkpoint`), so translating needs only the checkpoint.
+- `RNG_KEY`: and every rank's random state (Lightning saves none), so a resumed run draws
+  the same dropout masks as an uninterrupted one.
 - `average_checkpoints(paths)` (Vaswani et al. 2017, section 6.1: "averaging the last 5
   checkpoints") averages the `state_dict` of Lightning checkpoints element-wise and returns one
   checkpoint dict that loads like any other (`scripts/evaluate.py ckpt_path=...`), tokenizer
@@ -20,11 +22,13 @@ keeps them (e.g. `every_n_train_steps` and `save_top_k: -1`).
 from __future__ import annotations
 
 import pickle
+import random
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -37,6 +41,8 @@ from nmtbench.errors import CheckpointError
 TRAINING_STATE_KEYS = ("optimizer_states", "lr_schedulers", "loops", "callbacks")
 # {"type": "sentencepiece", "model": bytes, "sha256": str, "vocab_size": int}
 TOKENIZER_KEY = "nmtbench_tokenizer"
+# [rng_states() of rank 0, rank 1, ...]: restored by Seq2SeqModule when fit resumes.
+RNG_KEY = "nmtbench_rng_states"
 # What torch.load raises on a file that is not a (complete) checkpoint.
 UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
               AttributeError, ImportError, IndexError, KeyError, TypeError, OSError)
@@ -90,7 +96,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except UNREADABLE as exc:
+            if "Weights only load failed" in str(exc):
+                raise  # a readable file holding an object torch's safe loader does not allow
             raise _unreadable(path, exc) from exc
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's random states (torch CPU and CUDA, numpy, Python)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {  # tensors and plain Python values only: loadable with torch.load(weights_only=True)
+        "torch": torch.get_rng_state(),
+        "torch.cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
+
+
+def gather_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """Every rank's `rng_states()`, in rank order (a collective when `world_size > 1`: Lightning
+    builds a checkpoint on every rank at once)."""
+    own = rng_states()
+    if world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [own]
+    states: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(states, own)
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("torch.cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def checkpoint_tokenizer(ckpt: dict[str, Any]):

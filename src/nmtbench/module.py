@@ -12,9 +12,16 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import SumMetric
 
-from nmtbench.checkpoints import TOKENIZER_KEY, checkpoint_tokenizer
+from nmtbench.checkpoints import (
+    RNG_KEY,
+    TOKENIZER_KEY,
+    checkpoint_tokenizer,
+    gather_rng_states,
+    set_rng_states,
+)
 from nmtbench.config import from_mapping
 from nmtbench.errors import CheckpointError
 from nmtbench.models import build_model
@@ -92,10 +99,20 @@ class Seq2SeqModule(L.LightningModule):
                 "type": "sentencepiece", "model": self.tokenizer.model_bytes,
                 "sha256": self.tokenizer.sha256, "vocab_size": self.tokenizer.vocab_size,
             }
+        if self._trainer is not None:  # every rank's RNG (dropout), so a resume continues it exactly
+            checkpoint[RNG_KEY] = gather_rng_states(self.trainer.world_size)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another model or vocabulary with one line naming both, and
         take the checkpoint's tokenizer (or check it against the data's, when resuming)."""
+        trainer = self._trainer
+        states = checkpoint.get(RNG_KEY)
+        if trainer is not None and trainer.state.fn == "fit" and states:
+            if len(states) == trainer.world_size:
+                set_rng_states(states[trainer.global_rank])
+            else:
+                rank_zero_warn(f"The checkpoint holds the random state of {len(states)} process(es), this run "
+                               f"has {trainer.world_size}: dropout does not continue exactly.")
         tokenizer = checkpoint_tokenizer(checkpoint)
         if tokenizer is not None and self.tokenizer is None:
             self.attach_tokenizer(tokenizer)

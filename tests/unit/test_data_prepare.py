@@ -73,7 +73,7 @@ def test_second_prepare_reuses_and_a_changed_setting_rebuilds(tmp_path, files_di
     assert not other.reused and other.dir != first.dir
     assert other.stats["train"]["too_long"] > 0
     # batching / loading settings do not change the cache
-    assert prepare(files_cfg(tmp_path, files_dir, max_tokens=123, num_workers=0)).reused
+    assert prepare(files_cfg(tmp_path, files_dir, max_tokens=300, num_workers=0)).reused
     # neither does the working directory: paths are made absolute
     assert load_data_config(files_cfg(tmp_path, files_dir))  # sanity
     os.utime(files_dir / "train.de", ns=(1, 1))  # the data changes: new cache

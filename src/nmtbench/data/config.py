@@ -95,6 +95,13 @@ class DataConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.max_tokens < self.max_len + 1:
+            raise ConfigError(
+                f"data.max_tokens={self.max_tokens} is smaller than the longest training example "
+                f"data.max_len={self.max_len} allows ({self.max_len + 1} tokens with EOS/BOS): such "
+                f"a pair could not fit in a batch. Set data.max_tokens >= {self.max_len + 1} or "
+                f"lower data.max_len."
+            )
         if self.vocab_size < 8:
             raise ConfigError(f"data.vocab_size={self.vocab_size} is too small (at least 8).")
         if not 0.0 < self.character_coverage <= 1.0:

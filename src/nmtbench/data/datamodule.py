@@ -217,6 +217,9 @@ class Seq2SeqDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
+            # Its own generator: creating an iterator then leaves the global RNG (dropout) alone,
+            # so a resumed run's random stream matches an uninterrupted one's.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
 

@@ -20,8 +20,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from nmtbench.atomic import build_lock
 from nmtbench.data.config import DataConfig
-from nmtbench.data.toy import toy_identity, write_toy
+from nmtbench.data.toy import toy_hash, toy_identity, write_toy
 from nmtbench.errors import ConfigError, DataError
 
 SPLITS = ("train", "valid", "test")
@@ -135,6 +136,11 @@ def split_paths(cfg: DataConfig, directory: str) -> dict[str, tuple[str, str]]:
 
 
 def check_files_exist(cfg: DataConfig, paths: dict[str, tuple[str, str]]) -> None:
+    if cfg.source == "files" and not os.path.isdir(cfg.dir):
+        raise DataError(
+            f"data.dir={cfg.dir} does not exist (or is not a directory). data=files reads "
+            f"{{data.dir}}/{{prefix}}.{{lang}}: point data.dir at the directory holding the text."
+        )
     for split, pair in paths.items():
         for path in pair:
             if not os.path.isfile(path):
@@ -185,19 +191,47 @@ def _check_toy_langs(cfg: DataConfig) -> None:
         )
 
 
+def _write_toy(cfg: DataConfig) -> str:
+    """The toy text directory, generated once even by processes that start together."""
+    _check_toy_langs(cfg)
+    prefixes = {"train": cfg.train_prefix, "valid": cfg.valid_prefix, "test": cfg.test_prefix}
+    with build_lock(os.path.join(cfg.dir, f"toy-{toy_hash(cfg.toy)}")):
+        return write_toy(cfg.toy, cfg.dir, prefixes)
+
+
 def open_source(cfg: DataConfig) -> dict[str, Corpus]:
     """{split: Corpus}. Generates the toy text or downloads WMT14 when needed."""
     if cfg.source == "toy":
-        _check_toy_langs(cfg)
-        prefixes = {"train": cfg.train_prefix, "valid": cfg.valid_prefix, "test": cfg.test_prefix}
-        directory = write_toy(cfg.toy, cfg.dir, prefixes)
-        paths = split_paths(cfg, directory)
+        paths = split_paths(cfg, _write_toy(cfg))
     elif cfg.source == "files":
         paths = split_paths(cfg, cfg.dir)
     else:
         return load_wmt14(cfg)
     check_files_exist(cfg, paths)
     return {split: open_text_pair(*pair) for split, pair in paths.items()}
+
+
+def read_split(cfg: DataConfig, split: str, allow_download: bool = False) -> tuple[list[str], list[str]]:
+    """(sources, targets) of one split, read from the text itself (no cache, no tokenizer).
+
+    For evaluation: the toy text is generated if missing, local files are read, and WMT14
+    comes from the local Hugging Face cache; it is downloaded only with `allow_download`.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split={split}: use one of {', '.join(SPLITS)}.")
+    if cfg.source == "wmt14":
+        corpus = load_wmt14(cfg, splits=(split,), allow_download=allow_download)[split]
+    else:
+        directory = _write_toy(cfg) if cfg.source == "toy" else cfg.dir
+        paths = split_paths(cfg, directory)
+        check_files_exist(cfg, {split: paths[split]})
+        corpus = open_text_pair(*paths[split])
+    sources: list[str] = []
+    targets: list[str] = []
+    for src, tgt in corpus.chunks(10000):
+        sources.extend(src)
+        targets.extend(tgt)
+    return sources, targets
 
 
 # ----------------------------------------------------------------------------- WMT14
@@ -252,12 +286,12 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def load_wmt14(cfg: DataConfig) -> dict[str, Corpus]:
-    """Load WMT14 from the HF hub (or its local cache), failing within seconds offline.
+def load_wmt14(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, allow_download: bool = True) -> dict[str, Corpus]:
+    """Load WMT14 (`splits` only) from the HF hub or its local cache, failing within seconds offline.
 
-    With HF_HUB_OFFLINE set, or when the hub does not answer a 3 s probe, the dataset is
-    loaded in offline mode: from the local HF cache if it is there, else a DataError that
-    names the offline alternatives.
+    With HF_HUB_OFFLINE set, without `allow_download`, or when the hub does not answer a
+    3 s probe, the dataset is loaded in offline mode: from the local HF cache if it is
+    there, else a DataError that names the offline alternatives.
     """
     import datasets
     from huggingface_hub import constants
@@ -270,6 +304,9 @@ def load_wmt14(cfg: DataConfig) -> dict[str, Corpus]:
         )
     offline = bool(datasets.config.HF_HUB_OFFLINE)
     why = "HF_HUB_OFFLINE is set and the dataset is not in the local cache"
+    if not offline and not allow_download:
+        offline = True
+        why = "it is not in the local Hugging Face cache and evaluation downloads only when asked (download=true)"
     if not offline and not hub_reachable():
         offline = True
         why = f"no connection to {constants.ENDPOINT} within {PROBE_TIMEOUT_S:.0f} s and the dataset is not in the local cache"
@@ -277,9 +314,13 @@ def load_wmt14(cfg: DataConfig) -> dict[str, Corpus]:
     try:
         # Offline mode makes `datasets` use its local cache at once instead of retrying.
         datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = offline
+        hf_splits = None if tuple(splits) == SPLITS else [HF_SPLITS[s] for s in splits]
         loaded = datasets.load_dataset(
-            cfg.hf_dataset, cfg.hf_config, revision=cfg.hf_revision, cache_dir=cfg.hf_cache_dir
+            cfg.hf_dataset, cfg.hf_config, revision=cfg.hf_revision, cache_dir=cfg.hf_cache_dir,
+            split=hf_splits,
         )
+        if hf_splits is not None:
+            loaded = dict(zip(hf_splits, loaded))
     except (ConnectionError, FileNotFoundError, OSError) as exc:
         if offline:
             raise DataError(_offline_message(cfg, why)) from exc
@@ -287,7 +328,8 @@ def load_wmt14(cfg: DataConfig) -> dict[str, Corpus]:
     finally:
         datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = previous
     out: dict[str, Corpus] = {}
-    for split, hf_split in HF_SPLITS.items():
+    for split in splits:
+        hf_split = HF_SPLITS[split]
         if hf_split not in loaded:
             raise DataError(f"{cfg.hf_dataset} ({cfg.hf_config}) has no '{hf_split}' split.")
         out[split] = HFCorpus(
