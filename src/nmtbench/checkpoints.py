@@ -96,8 +96,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except UNREADABLE as exc:
-            if "Weights only load failed" in str(exc):
-                raise  # a readable file holding an object torch's safe loader does not allow
+            if "Weights only load failed" in str(exc) and zipfile.is_zipfile(path):
+                raise  # a whole file holding an object torch's safe loader does not allow
             raise _unreadable(path, exc) from exc
 
 

@@ -31,6 +31,8 @@ class FaultTable:
 
 
 TABLE = FaultTable()
+# The data of `trained_run` (on top of tests/conftest.py's tiny config).
+TRAINED_DATA = ["data.toy.num_valid=8", "data.toy.num_test=8"]
 
 
 def pytest_configure(config):
@@ -52,3 +54,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if TABLE.rows:
         terminalreporter.section("fault table (tests/faults)")
         terminalreporter.write_line(TABLE.render())
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny run trained in this process (6 steps, validation at 3 and 6): its directory."""
+    from nmtbench.train import train
+
+    from ..conftest import TINY_TRANSFORMER, tiny_train_config
+
+    root = tmp_path_factory.mktemp("trained")
+    train(tiny_train_config(root, [*TINY_TRANSFORMER, *TRAINED_DATA, "test=false", "trainer.max_steps=6",
+                                   "trainer.val_check_interval=3", "+callbacks.bleu.max_len_b=4"]))
+    return root / "run"
