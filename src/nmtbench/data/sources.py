@@ -302,11 +302,10 @@ def load_wmt14(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, allow_download
             f"data.hf_config={cfg.hf_config}; WMT14 En-De uses hf_config=de-en with "
             "src_lang/tgt_lang en/de in either direction."
         )
-    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    offline = bool(datasets.config.HF_HUB_OFFLINE) or not allow_download
     why = "HF_HUB_OFFLINE is set and the dataset is not in the local cache"
-    if not offline and not allow_download:
-        offline = True
-        why = "it is not in the local Hugging Face cache and evaluation downloads only when asked (download=true)"
+    if not allow_download:
+        why = "it is not in the local Hugging Face cache, and evaluation downloads only when asked (download=true)"
     if not offline and not hub_reachable():
         offline = True
         why = f"no connection to {constants.ENDPOINT} within {PROBE_TIMEOUT_S:.0f} s and the dataset is not in the local cache"
