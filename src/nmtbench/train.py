@@ -10,13 +10,14 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nmtbench.callbacks.resume import ResumeCheckpoint
 from nmtbench.checkpoints import AtomicCheckpointIO
 from nmtbench.config import to_container
-from nmtbench.errors import CheckpointError, ConfigError, Preempted
+from nmtbench.errors import CheckpointError, ConfigError, NmtbenchError, Preempted
 from nmtbench.models import model_config
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,12 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise ConfigError(f"Config entry '{name}' needs a _target_ (or set it to null to disable it).")
-        objects.append(hydra.utils.instantiate(node))
+        try:
+            objects.append(hydra.utils.instantiate(node))
+        except InstantiationException as exc:  # our callbacks' own config errors, in one line
+            if isinstance(exc.__cause__, NmtbenchError):
+                raise exc.__cause__ from None
+            raise
     return objects
 
 

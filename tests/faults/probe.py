@@ -7,7 +7,8 @@ once, so a `kill -9` keeps every line written), and can
   known step;
 - make the loss NaN at `nan_steps` (on `nan_ranks`) through a forward hook on the logits;
 - set the learning rate to NaN at `nan_lr_step`, so the update makes the weights NaN;
-- write `<out_dir>/end_rank<r>.json` at the end of fit: the NonFiniteLossCallback summary.
+- write `<out_dir>/end_rank<r>.json` at the end of fit: the NonFiniteLossCallback summary
+  and the saves of ResumeCheckpoint.
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ class Probe(L.Callback):
     def on_fit_end(self, trainer, pl_module):
         nonfinite = next((c for c in trainer.callbacks if isinstance(c, NonFiniteLossCallback)), None)
         fields = nonfinite.summary()[0] if nonfinite is not None else {}
+        resume = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
         end = {**fields, "skipped_steps": getattr(nonfinite, "skipped_steps", []), "global_step": trainer.global_step,
-               "finite_weights": bool(all(torch.isfinite(p).all() for p in pl_module.parameters()))}
+               "finite_weights": bool(all(torch.isfinite(p).all() for p in pl_module.parameters())),
+               "resume_saves": [list(s) for s in getattr(resume, "saved", [])]}
         (self.out_dir / f"end_rank{trainer.global_rank}.json").write_text(json.dumps(end))
 
     def teardown(self, trainer, pl_module, stage):

@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from nmtbench.errors import NonFiniteLossError
+from nmtbench.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ class NonFiniteLossCallback(L.Callback):
 
     def __init__(self, action: str = "skip", max_consecutive: int = 5, check_weights: bool = True):
         if action not in ACTIONS:
-            raise ValueError(f"callbacks.nonfinite.action must be one of {', '.join(ACTIONS)}, got '{action}'")
+            raise ConfigError(f"callbacks.nonfinite.action must be one of {', '.join(ACTIONS)}, got '{action}'.")
         if max_consecutive < 1:
-            raise ValueError(f"callbacks.nonfinite.max_consecutive must be >= 1, got {max_consecutive}")
+            raise ConfigError(f"callbacks.nonfinite.max_consecutive must be >= 1, got {max_consecutive}.")
         self.action = action
         self.max_consecutive = int(max_consecutive)
         self.check_weights = check_weights

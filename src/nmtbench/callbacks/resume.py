@@ -37,7 +37,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from nmtbench.errors import Preempted
+from nmtbench.errors import ConfigError, Preempted
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ class ResumeCheckpoint(L.Callback):
     def __init__(self, dirpath: str, every_n_steps: int | None = None, every_minutes: float | None = None,
                  on_sigterm: bool = True, filename: str = "last"):
         if every_n_steps is not None and every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1 or null, got {every_n_steps}")
+            raise ConfigError(f"callbacks.resume_checkpoint.every_n_steps must be >= 1 or null, got {every_n_steps}.")
         if every_minutes is not None and every_minutes <= 0:
-            raise ValueError(f"every_minutes must be > 0 or null, got {every_minutes}")
+            raise ConfigError(f"callbacks.resume_checkpoint.every_minutes must be > 0 or null, got {every_minutes}.")
         self.dirpath = str(dirpath)
         self.filename = filename
         self.every_n_steps = every_n_steps
