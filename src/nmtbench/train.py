@@ -202,6 +202,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                                  **trainer_kwargs)
     order_callbacks(trainer)
+    resume = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
+    if ckpt_path == "last" and not trainer.checkpoint_callbacks and resume and Path(resume.path).is_file():
+        ckpt_path = resume.path  # Lightning looks for last.ckpt only in ModelCheckpoint directories
     # The ranks are known here (DDP, torchrun and SLURM all set them when the Trainer is built).
     check_hydra_multirun(trainer)
     rank_zero_log_file(trainer)
@@ -231,7 +234,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except Preempted as exc:
         rank_zero_only(log.warning)("%s", exc.message)
         raise
-    resume = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
     if resume is not None and resume.stop_requested:  # SIGTERM in the last step: no test
         message = f"Stopped by SIGTERM after the last step ({trainer.global_step}); the test is skipped."
         rank_zero_only(log.warning)(message)
