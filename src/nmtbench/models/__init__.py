@@ -24,7 +24,7 @@ from nmtbench.config import from_mapping, to_container
 from nmtbench.errors import ConfigError
 
 # Keys of `cfg.model` that configure training rather than the architecture.
-TRAINING_KEYS = ("name", "label_smoothing", "optim")
+TRAINING_KEYS = ("name", "label_smoothing", "loss_normalization", "optim")
 
 
 def _registry() -> dict[str, tuple[type, type[nn.Module]]]:
