@@ -126,11 +126,15 @@ def null_reason_problems(results: Mapping[str, Any]) -> list[str]:
 def _schema_problems(results: Mapping[str, Any]) -> list[str]:
     from jsonschema import Draft202012Validator  # the dev extra
 
-    problems = []
+    problems: dict[str, None] = {}  # ordered set
     for error in sorted(Draft202012Validator(results_schema()).iter_errors(results), key=lambda e: list(e.path)):
         where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-        problems.append(f"{where}: {error.message}")
-    return problems
+        if error.validator == "required":  # one line per missing key, named like the others
+            problems.update({f"{where}.{key}: missing": None for key in error.validator_value
+                             if key not in error.instance})
+        else:
+            problems[f"{where}: {error.message}"] = None
+    return list(problems)
 
 
 def validate_results(results: Any) -> list[str]:

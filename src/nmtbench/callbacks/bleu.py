@@ -72,7 +72,7 @@ def _checkpoint_meta(path: str) -> dict[str, Any]:
     return {"global_step": ckpt.get("global_step"), "averaged_from": ckpt.get("averaged_from")}
 
 
-def tested_weights(trainer: L.Trainer) -> dict[str, Any]:
+def which_weights(trainer: L.Trainer) -> dict[str, Any]:
     """{weights, ckpt_path, averaged_from, global_step} of the weights this test uses.
 
     weights: "averaged" (the file has `averaged_from`), "best" / "last" (ModelCheckpoint's best
@@ -142,7 +142,7 @@ class BleuCallback(MeasurementCallback):
         self.last_bleu: float | None = None
         self.best_paper_bleu: float | None = None
         self.evaluations: list[dict[str, Any]] = []  # one per trainer.test() (rank zero)
-        self._testing: dict[str, Any] = {}  # tested_weights() of the running test
+        self._testing: dict[str, Any] = {}  # which_weights() of the running test
         self._metric = SacreBLEUScore(tokenize="13a")
         self._outputs: list[tuple[int, str]] = []
         self._tok_refs: dict[tuple[str, int], str] = {}  # (split, id) -> paper-tokenized reference
@@ -228,7 +228,7 @@ class BleuCallback(MeasurementCallback):
 
     # -- test --------------------------------------------------------------------------------
     def on_test_start(self, trainer, pl_module) -> None:
-        self._testing = tested_weights(trainer) if trainer.is_global_zero else {}
+        self._testing = which_weights(trainer) if trainer.is_global_zero else {}
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._reset(pl_module)
@@ -278,4 +278,4 @@ class BleuCallback(MeasurementCallback):
         self._resume_state = dict(state_dict)
 
 
-__all__ = ["BleuCallback", "TEST_FIELDS", "tested_weights", "summarize_tests"]
+__all__ = ["BleuCallback", "TEST_FIELDS", "which_weights", "summarize_tests"]

@@ -118,7 +118,7 @@ def format_target(target: float) -> str:
 def sync_device(trainer: L.Trainer) -> None:
     """Wait for queued CUDA work, so that a clock read afterwards includes it."""
     device = trainer.strategy.root_device
-    if device.type == "cuda":
+    if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.synchronize(device)
 
 
