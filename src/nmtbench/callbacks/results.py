@@ -193,7 +193,7 @@ class ResultsCallback(L.Callback):
             reasons.update(why)
         order = results_schema()["required"]
         out = {k: fields[k] for k in order if k in fields} | {k: v for k, v in fields.items() if k not in order}
-        out["null_reasons"] = {k: reasons[k] for k in sorted(reasons) if out.get(k, 0) is None}
+        out["null_reasons"] = {k: reasons[k] for k in sorted(reasons) if k in out and out[k] is None}
         return out
 
     def run_summary(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Summary:

@@ -15,7 +15,9 @@ How it measures, and why:
   rank takes part.
 - Time is WallClockCallback's training time excluding validation (decoding for BLEU is not
   training throughput): the run's one clock, so tokens/s x hours = tokens exactly. Without
-  a WallClockCallback the counts are kept but rates and MFU are null.
+  a WallClockCallback the counts are kept but rates and MFU are null. (List it after the
+  WallClockCallback, as configs/callbacks/default.yaml does, so the clock of a resumed run
+  is restored before the first rate window opens.)
 - Rates logged at each logging step are rolling means over the last `window_size` - 1
   logging intervals (`lightning.fabric.utilities.throughput.Throughput`); results.json gets
   run means (totals / training time excluding validation).
