@@ -71,6 +71,14 @@ def test_test_weights_last_and_averaging_after_fit(tiny_cfg, tmp_path, caplog):
     assert steps == [6, 12]  # the last two checkpoints by step (last.ckpt is step 12 too: counted once)
     assert "test/bleu" in metrics
     assert "Averaged 2 checkpoints" in caplog.text
+    from nmtbench.results_schema import load_results
+
+    results = load_results(tmp_path / "run" / "results.json")
+    assert [e["weights"] for e in results["test_evaluations"]] == ["last", "averaged"]
+    assert results["test_evaluations"][0]["global_step"] == 12
+    assert results["test_weights"] == "averaged"  # the top-level test fields are the average's
+    assert results["test_sacrebleu"] == results["test_evaluations"][1]["sacrebleu"]
+    assert results["test_ckpt_path"] == str(ckpts / "averaged.ckpt")
 
 
 def test_test_weights_must_be_best_or_last(tiny_cfg, tmp_path):
