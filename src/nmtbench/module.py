@@ -16,7 +16,7 @@ from torchmetrics import SumMetric
 
 from nmtbench.config import from_mapping
 from nmtbench.models import build_model
-from nmtbench.optim import OptimConfig, ScheduledLR, build_optimizer
+from nmtbench.optim import OptimConfig, build_optimizer, build_scheduler
 
 
 def label_smoothed_loss(
@@ -92,7 +92,6 @@ class Seq2SeqModule(L.LightningModule):
         bsz = batch["src"].size(0)
         self.log("train/loss", loss / ntok, prog_bar=True, batch_size=bsz)
         self.log("train/nll", nll / ntok, batch_size=bsz)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)
         return loss / ntok
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -143,8 +142,11 @@ class Seq2SeqModule(L.LightningModule):
     # -- optimisation ------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optim_cfg, self.model.parameters())
-        scheduler = ScheduledLR(optimizer, self.optim_cfg, self.model.model_dim, epoch_fn=lambda: self.current_epoch)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = build_scheduler(optimizer, self.optim_cfg, self.model.model_dim,
+                                    epoch_fn=lambda: self.current_epoch)
+        # "name": LearningRateMonitor (callbacks/default.yaml) logs the lr as `train/lr`.
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
 
 __all__ = ["Seq2SeqModule", "label_smoothed_loss"]

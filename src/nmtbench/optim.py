@@ -9,10 +9,13 @@ Schedules return a multiplier on `optim.lr`, evaluated at the optimizer step cou
 - `constant`: lr = optim.lr, with an optional linear warmup.
 - `halving` (Luong et al. 2015, sec. 4.1): lr = optim.lr * decay_factor^k, where k counts
   the epochs started at or after `decay_start_epoch` (1-based, as the paper counts).
+
+`lr_at` is the one formula; `build_scheduler` applies it through torch's `LambdaLR`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +43,8 @@ class OptimConfig:
             raise ConfigError(
                 f"model.optim.schedule must be inverse_sqrt, constant or halving, got '{self.schedule}'."
             )
+        if not self.lr > 0:
+            raise ConfigError(f"model.optim.lr must be > 0 (the peak lr, or the inverse_sqrt scale), got {self.lr}.")
         if self.schedule == "inverse_sqrt" and self.warmup_steps <= 0:
             raise ConfigError("model.optim.warmup_steps must be > 0 for the inverse_sqrt schedule.")
 
@@ -68,22 +73,19 @@ def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-class ScheduledLR(torch.optim.lr_scheduler.LRScheduler):
-    """Sets every param group's lr to `lr_at(cfg, step, epoch)`; stepped once per optimizer step.
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, model_dim: int,
+                    epoch_fn: Callable[[], int] = lambda: 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """torch's `LambdaLR` following `lr_at`: stepped once per optimizer step, it sets every
+    param group's lr to `lr_at(cfg, step, epoch_fn(), model_dim)` (step 1 at construction).
 
-    The current epoch is read from `epoch_fn` so the halving schedule follows the trainer.
+    LambdaLR multiplies the optimizer's initial lr (`cfg.lr`, set by `build_optimizer`), so
+    the factor is `lr_at / cfg.lr`. Its state_dict holds the step count (`last_epoch`); on
+    resume Lightning restores it with the optimizer's lr, and the halving schedule reads the
+    restored trainer epoch through `epoch_fn`.
     """
-
-    def __init__(self, optimizer, cfg: OptimConfig, model_dim: int, epoch_fn=lambda: 0):
-        self.cfg, self.model_dim, self.epoch_fn = cfg, model_dim, epoch_fn
-        super().__init__(optimizer)
-
-    def get_lr(self) -> list[float]:
-        lr = lr_at(self.cfg, self.last_epoch + 1, self.epoch_fn(), self.model_dim)
-        return [lr for _ in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in super().state_dict().items() if k not in ("cfg", "epoch_fn")}
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda done: lr_at(cfg, done + 1, epoch_fn(), model_dim) / cfg.lr
+    )
 
 
-__all__ = ["OptimConfig", "ScheduledLR", "build_optimizer", "lr_at"]
+__all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "lr_at"]

@@ -47,3 +47,11 @@ def test_resume_from_last_checkpoint_continues_step_count(tiny_cfg, tmp_path):
     train(cfg2)
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 18
+    # The LambdaLR schedule resumed at its step: the lr to use next is the formula's at step 19.
+    from nmtbench.config import from_mapping
+    from nmtbench.optim import OptimConfig, lr_at
+
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 18
+    optim_cfg = from_mapping(OptimConfig, cfg2.model.optim, "model.optim")
+    expected = lr_at(optim_cfg, 19, model_dim=cfg2.model.d_model)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected)
