@@ -25,16 +25,18 @@ from nmtbench.errors import ConfigError
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | sgd
-    lr: float = 1.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # Vaswani et al. 2017, sec. 5.3
-    eps: float = 1e-9
-    weight_decay: float = 0.0
-    schedule: str = "inverse_sqrt"  # inverse_sqrt | constant | halving
-    warmup_steps: int = 4000
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    # Defaults: the Transformer's optimiser, Vaswani et al. 2017, section 5.3 (the LSTM rows'
+    # SGD recipe is nmtbench.schema.luong2015_sgd). Gradient clipping is a trainer flag:
+    # `trainer.gradient_clip_val`.
+    name: str = "adam"  # adam | sgd; "We used the Adam optimizer"
+    lr: float = 1.0  # inverse_sqrt: scale on eq. 3 (1.0 = the paper); else the peak lr
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # beta1 = 0.9, beta2 = 0.98
+    eps: float = 1e-9  # epsilon = 1e-9
+    weight_decay: float = 0.0  # none in the paper
+    schedule: str = "inverse_sqrt"  # inverse_sqrt (eq. 3) | constant | halving
+    warmup_steps: int = 4000  # warmup_steps = 4000
     decay_start_epoch: int = 0  # halving: first (1-based) epoch with a halved lr; 0 = never
-    decay_factor: float = 0.5
+    decay_factor: float = 0.5  # halving: lr multiplier per epoch
 
     def __post_init__(self) -> None:
         if self.name not in ("adam", "sgd"):
