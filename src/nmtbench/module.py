@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
-from nmtbench.config import from_mapping
 from nmtbench.models import build_model
-from nmtbench.optim import OptimConfig, build_optimizer, build_scheduler
+from nmtbench.optim import build_optimizer, build_scheduler, load_optim_config
 
 
 def label_smoothed_loss(
@@ -50,7 +49,7 @@ class Seq2SeqModule(L.LightningModule):
         self.save_hyperparameters()
         model_cfg = cfg["model"]
         self.model = build_model(model_cfg, vocab_size=vocab_size, pad_id=pad_id)
-        self.optim_cfg = from_mapping(OptimConfig, model_cfg.get("optim"), "model.optim")
+        self.optim_cfg = load_optim_config(model_cfg.get("optim"))
         self.label_smoothing = float(model_cfg.get("label_smoothing", 0.0))
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.tokenizer = None  # attached in setup() from the datamodule (not saved)

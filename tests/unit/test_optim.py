@@ -86,3 +86,13 @@ def test_resumed_schedule_continues_exactly(cfg):
 def test_lr_must_be_positive():
     with pytest.raises(ConfigError, match="model.optim.lr"):
         OptimConfig(lr=0.0)
+
+
+def test_an_older_checkpoints_grad_clip_is_dropped_other_unknown_keys_fail(caplog):
+    from nmtbench.optim import load_optim_config
+
+    with caplog.at_level("WARNING"):
+        cfg = load_optim_config({"name": "sgd", "lr": 1.0, "schedule": "halving", "grad_clip": 5.0})
+    assert (cfg.name, cfg.schedule) == ("sgd", "halving") and "trainer.gradient_clip_val" in caplog.text
+    with pytest.raises(ConfigError, match=r"model\.optim\.warmup"):
+        load_optim_config({"warmup": 10})
