@@ -168,7 +168,8 @@ def run_row(results: dict[str, Any], run_dir: Path, published: Sequence[Row],
             families: dict[str, str], use_tensorboard: bool = True) -> Row:
     """The table row of one of our runs."""
     config = run_config(run_dir)
-    name = results.get("experiment") or results.get("model_variant") or run_dir.name
+    name = (results.get("experiment") or results.get("model_variant") or results.get("task_name")
+            or run_dir.name)
     val_curve = list(results.get("val_curve") or [])
     loss_curve: list[tuple[float, float]] = []
     if use_tensorboard:
