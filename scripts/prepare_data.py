@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from nmtbench.data.prepare import prepare
 from nmtbench.errors import NmtbenchError
+from nmtbench.schema import register_configs
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
@@ -33,6 +34,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_configs()  # the schemas configs/model and configs/data build on
     # Hydra's log directory: runs/prepare_data/<time>/ rather than runs/train/<time>/.
     if not any(arg.startswith("task_name=") for arg in sys.argv[1:]):
         sys.argv.append("task_name=prepare_data")

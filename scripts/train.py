@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from nmtbench.errors import NmtbenchError
+from nmtbench.schema import register_configs
 from nmtbench.train import train
 
 
@@ -21,4 +22,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_configs()  # the schemas configs/model and configs/data build on
     main()

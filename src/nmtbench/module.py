@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
-from nmtbench.config import from_mapping
 from nmtbench.errors import ConfigError
 from nmtbench.models import build_model
-from nmtbench.optim import OptimConfig, ScheduledLR, build_optimizer
+from nmtbench.optim import build_optimizer, build_scheduler, load_optim_config
 
 # model.loss_normalization: what the summed loss of an optimizer step is divided by.
 LOSS_NORMALIZATIONS = ("tokens", "sentences")
@@ -54,7 +53,7 @@ class Seq2SeqModule(L.LightningModule):
         self.save_hyperparameters()
         model_cfg = cfg["model"]
         self.model = build_model(model_cfg, vocab_size=vocab_size, pad_id=pad_id)
-        self.optim_cfg = from_mapping(OptimConfig, model_cfg.get("optim"), "model.optim")
+        self.optim_cfg = load_optim_config(model_cfg.get("optim"))
         self.label_smoothing = float(model_cfg.get("label_smoothing", 0.0))
         self.loss_normalization = str(model_cfg.get("loss_normalization", "tokens"))
         if self.loss_normalization not in LOSS_NORMALIZATIONS:
@@ -104,7 +103,6 @@ class Seq2SeqModule(L.LightningModule):
         per_token = ntok.clamp(min=1)
         self.log("train/loss", loss.detach() / per_token, prog_bar=True, batch_size=bsz)
         self.log("train/nll", nll.detach() / per_token, batch_size=bsz)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)
         # The summed loss is returned; the gradients are divided by the step's global count of
         # tokens or sentences in optimizer_step (see normalize_gradients).
         self._step_count = self._step_count + (ntok.detach() if self.loss_normalization == "tokens" else bsz)
@@ -191,8 +189,11 @@ class Seq2SeqModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optim_cfg, self.model.parameters())
-        scheduler = ScheduledLR(optimizer, self.optim_cfg, self.model.model_dim, epoch_fn=lambda: self.current_epoch)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = build_scheduler(optimizer, self.optim_cfg, self.model.model_dim,
+                                    epoch_fn=lambda: self.current_epoch)
+        # "name": LearningRateMonitor (callbacks/default.yaml) logs the lr as `train/lr`.
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
 
 __all__ = ["Seq2SeqModule", "label_smoothed_loss"]

@@ -248,12 +248,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer_kwargs: dict[str, Any] = {}
-    optim_clip = float(cfg.model.get("optim", {}).get("grad_clip", 0.0) or 0.0)
-    if optim_clip > 0 and cfg.trainer.get("gradient_clip_val") is None:
-        trainer_kwargs["gradient_clip_val"] = optim_clip
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 **trainer_kwargs)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     # The ranks are known here (DDP, torchrun and SLURM all set them when the Trainer is built).
     check_hydra_multirun(trainer)
     rank_zero_log_file(trainer)

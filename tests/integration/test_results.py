@@ -36,7 +36,7 @@ TINY_RUN = [
     # an untrained model decodes to the maximum length: keep decoding short
     "data.toy.num_valid=10",
     "data.toy.num_test=10",
-    "+callbacks.bleu.max_len_b=8",
+    "callbacks.bleu.max_len_b=8",
 ]
 
 GPU_KEYS = ("gpu_kernel_active_pct_mean", "gpu_util_mean", "gpu_mem_gb_mean", "gpu_mem_gb_max",

@@ -47,6 +47,14 @@ def test_resume_from_last_checkpoint_continues_step_count(tiny_cfg, tmp_path):
     train(cfg2)
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 18
+    # The LambdaLR schedule resumed at its step: the lr to use next is the formula's at step 19.
+    from nmtbench.config import from_mapping
+    from nmtbench.optim import OptimConfig, lr_at
+
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 18
+    optim_cfg = from_mapping(OptimConfig, cfg2.model.optim, "model.optim")
+    expected = lr_at(optim_cfg, 19, model_dim=cfg2.model.d_model)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected)
 
 
 @pytest.mark.slow
@@ -61,7 +69,7 @@ def test_last_checkpoint_holds_the_final_step_when_training_stops_between_valida
 @pytest.mark.slow
 def test_test_weights_last_and_averaging_after_fit(tiny_cfg, tmp_path, caplog):
     cfg = tiny_cfg(TINY_TRANSFORMER + ["test_weights=last", "average.last_n=2", "data.toy.num_test=8",
-                                       "+callbacks.bleu.max_len_b=8"])
+                                       "callbacks.bleu.max_len_b=8"])
     with caplog.at_level("INFO"):
         metrics = train(cfg)
     ckpts = tmp_path / "run" / "checkpoints"
