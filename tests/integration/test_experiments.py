@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from nmtbench.data.config import ToyConfig
 from nmtbench.data.toy import write_toy
@@ -56,6 +57,8 @@ def test_paper_experiments_pin_the_published_settings():
         assert "grad_clip" not in o and cfg.trainer.gradient_clip_val == 5.0  # a trainer flag
         assert cfg.trainer.max_epochs == 12 and cfg.trainer.max_steps == -1
         assert cfg.data.source == "wmt14"
+        # 128 sentences per step (~3750 padded tokens), the loss divided by the sentences
+        assert cfg.data.effective_batch_tokens == 3750 and m.loss_normalization == "sentences"
     assert s2s.model.attention == "none"
     assert (att.model.attention, att.model.attention_score, att.model.input_feeding) == ("luong", "dot", True)
 
@@ -63,7 +66,9 @@ def test_paper_experiments_pin_the_published_settings():
     big = compose_config(["experiment=vaswani2017_big"])
     for cfg, steps, keep in ((base, 100_000, 5), (big, 300_000, 20)):
         assert cfg.trainer.max_steps == steps
-        assert cfg.data.effective_batch_tokens == 25000 and cfg.data.vocab_size == 37000
+        assert cfg.data.effective_batch_tokens == 27000 and cfg.data.vocab_size == 37000
+        assert cfg.model.loss_normalization == "tokens"
+        assert cfg.average.last_n == keep and OmegaConf.to_yaml(cfg.average).endswith("checkpoints/periodic\n")
         assert cfg.model.optim.warmup_steps == 4000 and cfg.model.label_smoothing == 0.1
         assert (cfg.callbacks.bleu.test_beam_size, cfg.callbacks.bleu.length_penalty) == (4, 0.6)
         assert cfg.callbacks.periodic_checkpoint.save_top_k == keep == cfg.published.average_last_checkpoints
