@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from nmtbench.config import exit_on_unknown_overrides
 from nmtbench.data.prepare import prepare
 from nmtbench.errors import NmtbenchError
+from nmtbench.schema import register_configs
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -37,6 +38,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    register_configs()  # the schemas configs/model and configs/data build on
     exit_on_unknown_overrides(CONFIG_DIR, "train")
     # Hydra's log directory: runs/prepare_data/<time>/ rather than runs/train/<time>/.
     if not any(arg.startswith("task_name=") for arg in sys.argv[1:]):

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from nmtbench.config import exit_on_unknown_overrides
 from nmtbench.errors import NmtbenchError
+from nmtbench.schema import register_configs
 from nmtbench.train import train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -25,5 +26,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    register_configs()  # the schemas configs/model and configs/data build on
     exit_on_unknown_overrides(CONFIG_DIR, "train")
     main()

@@ -83,9 +83,12 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import ConfigCompositionException
 
+    from nmtbench.schema import register_configs
+
     ours = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/"))]
     if not ours:
         return
+    register_configs()  # the structured-config schemas the YAML files build on
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
@@ -129,8 +132,10 @@ def unknown_key_message(key: str, cfg: DictConfig | None) -> str:
     hint = f" Did you mean {', '.join(repr('.'.join([*prefix, c])) for c in close)}?" if close else ""
     section = f" under '{where}'" if where else ""
     listed = f" Keys{section}: {', '.join(sorted(known))}." if known and not close else ""
-    return (f"Unknown config key '{key}'.{hint}{listed} To add a new key on purpose, "
-            f"write '+{key}=...'.")
+    # A plain YAML section takes new keys with '+'; a typed (structured-config) one never does.
+    plain = isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict
+    add = f" To add a new key on purpose, write '+{key}=...'." if plain else ""
+    return f"Unknown config key '{key}'.{hint}{listed}{add}"
 
 
 def exit_on_unknown_overrides(config_dir: str | Path, config_name: str, argv: list[str] | None = None) -> None:

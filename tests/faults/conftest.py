@@ -65,5 +65,5 @@ def trained_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trained")
     train(tiny_train_config(root, [*TINY_TRANSFORMER, *TRAINED_DATA, "test=false", "trainer.max_steps=6",
-                                   "trainer.val_check_interval=3", "+callbacks.bleu.max_len_b=4"]))
+                                   "trainer.val_check_interval=3", "callbacks.bleu.max_len_b=4"]))
     return root / "run"

@@ -28,7 +28,7 @@ TINY_RUN = [
     f"trainer.max_steps={STEPS}", "trainer.max_time=null", f"trainer.val_check_interval={VAL_EVERY}",
     "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false",
     "callbacks.progress_bar=null", "callbacks.throughput.cpu_benchmark_seconds=0",
-    "+callbacks.bleu.max_len_b=4", "test=false",
+    "callbacks.bleu.max_len_b=4", "test=false",
 ]
 
 

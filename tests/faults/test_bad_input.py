@@ -98,8 +98,8 @@ def test_unknown_config_key_names_it_and_suggests_the_right_one(config_name, ove
 
 
 def test_valid_overrides_pass_the_key_check():
-    exit_on_unknown_overrides(CONFIG_DIR, "train", ["experiment=smoke", "model.d_model=64", "+model.extra=1",
-                                                     "hydra.run.dir=x", "-m"])
+    exit_on_unknown_overrides(CONFIG_DIR, "train", ["experiment=smoke", "model.d_model=64", "+extra=1",
+                                                     "hydra.run.dir=x"])
     exit_on_unknown_overrides(CONFIG_DIR, "evaluate", ["ckpt_path=x", "data.cache_dir=y", "data.dir=z"])
 
 
@@ -107,8 +107,7 @@ def test_valid_overrides_pass_the_key_check():
 def test_cli_prints_one_error_line_without_traceback(tmp_path):
     code, out = run("train.py", ["model.d_modle=64"], tmp_path / "typo.log")
     assert code == 1 and out.strip().splitlines() == [
-        "error: Unknown config key 'model.d_modle'. Did you mean 'model.d_model'? To add a new key on purpose, "
-        "write '+model.d_modle=...'."]
+        "error: Unknown config key 'model.d_modle'. Did you mean 'model.d_model'?"]
     code, out = run("prepare_data.py", ["data=files", f"data.dir={tmp_path / 'nowhere'}", f"paths.root_dir={tmp_path}",
                                         f"hydra.run.dir={tmp_path / 'runs'}"], tmp_path / "nodata.log")
     assert code == 1 and "Traceback" not in out

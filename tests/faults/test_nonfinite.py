@@ -18,7 +18,7 @@ from .probe import probe_overrides, read_records
 
 def nan_run(tmp_path, *extra, **probe):
     overrides = [*TINY_TRANSFORMER, "test=false", "trainer.max_steps=6", "trainer.val_check_interval=2",
-                 "data.toy.num_valid=8", "data.toy.num_test=8", "+callbacks.bleu.max_len_b=4",
+                 "data.toy.num_valid=8", "data.toy.num_test=8", "callbacks.bleu.max_len_b=4",
                  *probe_overrides(tmp_path / "probe", **probe), *extra]
     return tiny_train_config(tmp_path, overrides)
 

@@ -17,7 +17,7 @@ from .probe import probe_overrides
 def periodic_run(tmp_path, *extra):
     return tiny_train_config(tmp_path, [*TINY_TRANSFORMER, "test=false", "trainer.max_steps=12",
                                         "trainer.val_check_interval=6", "data.toy.num_valid=8",
-                                        "data.toy.num_test=8", "+callbacks.bleu.max_len_b=4",
+                                        "data.toy.num_test=8", "callbacks.bleu.max_len_b=4",
                                         *probe_overrides(tmp_path / "probe"), *extra])
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from nmtbench.callbacks.common import MeasurementCallback
 from nmtbench.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,11 @@ log = logging.getLogger(__name__)
 ACTIONS = ("skip", "stop")
 
 
-class NonFiniteLossCallback(L.Callback):
+class NonFiniteLossCallback(MeasurementCallback):
     """Skip or stop on a non-finite loss/gradient; stop on non-finite weights."""
+
+    CONFIG_NAME = "nonfinite"
+    SUMMARY_DEFAULTS = {"nonfinite_skipped_batches": None}
 
     def __init__(self, action: str = "skip", max_consecutive: int = 5, check_weights: bool = True):
         if action not in ACTIONS:
