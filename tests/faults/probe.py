@@ -7,6 +7,7 @@ once, so a `kill -9` keeps every line written), and can
   known step;
 - make the loss NaN at `nan_steps` (on `nan_ranks`) through a forward hook on the logits;
 - set the learning rate to NaN at `nan_lr_step`, so the update makes the weights NaN;
+- pause at the first test batch (`pause_in_test`), so the test can be signalled;
 - write `<out_dir>/end_rank<r>.json` at the end of fit: the NonFiniteLossCallback summary
   and the saves of ResumeCheckpoint.
 """
@@ -27,13 +28,14 @@ from nmtbench.callbacks.resume import ResumeCheckpoint
 class Probe(L.Callback):
     def __init__(self, out_dir: str, pause_at_step: int | None = None, pause_seconds: float = 120.0,
                  nan_steps: list[int] | None = None, nan_ranks: list[int] | None = None,
-                 nan_lr_step: int | None = None):
+                 nan_lr_step: int | None = None, pause_in_test: bool = False):
         self.out_dir = Path(out_dir)
         self.pause_at_step = pause_at_step
         self.pause_seconds = pause_seconds
         self.nan_steps = set(nan_steps or [])
         self.nan_ranks = None if nan_ranks is None else set(nan_ranks)
         self.nan_lr_step = nan_lr_step
+        self.pause_in_test = pause_in_test
         self._poison = False
         self._file = None
 
@@ -71,6 +73,11 @@ class Probe(L.Callback):
             deadline = time.monotonic() + self.pause_seconds
             while time.monotonic() < deadline and not (resume is not None and resume.sigterm_received):
                 time.sleep(0.02)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if self.pause_in_test and batch_idx == 0 and trainer.global_rank == 0:
+            (self.out_dir / "paused_test").write_text("test")
+            time.sleep(self.pause_seconds)  # a SIGTERM ends it (the handler raises)
 
     def on_fit_end(self, trainer, pl_module):
         nonfinite = next((c for c in trainer.callbacks if isinstance(c, NonFiniteLossCallback)), None)

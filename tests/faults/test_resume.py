@@ -159,3 +159,19 @@ def test_ddp_kill9_and_sigterm_resume_exactly(tmp_path, fault_table):
     fault_table.add("DDP (2 processes): kill -9 of every rank, resume", True, 0, "per-rank losses bit-identical")
     fault_table.add("DDP: SIGTERM to rank 0 only", True, 0, f"both ranks saved step 17 and exited in {seconds:.1f} s")
     fault_table.add("DDP: NaN loss on rank 1 only", True, 0, "both ranks skipped that update (step 3); count kept across resumes")
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_final_test_exits_at_once(tmp_path, fault_table):
+    probe = tmp_path / "probe"
+    r = start("train.py", args(tmp_path, "trainer.max_steps=6", "test=true", "data.toy.num_test=8",
+                               *probe_overrides(probe, pause_in_test=True)), tmp_path / "test.log")
+    r.wait_for(probe / "paused_test")
+    sent = time.monotonic()
+    os.kill(r.proc.pid, signal.SIGTERM)
+    code = r.wait(timeout=SIGTERM_LIMIT_S + 60)
+    seconds = time.monotonic() - sent
+    assert code == 143 and seconds < SIGTERM_LIMIT_S, r.output[-3000:]
+    assert "Stopped by SIGTERM during the test" in r.output
+    assert ckpt_step(tmp_path / "run" / "checkpoints" / "last.ckpt") == 6  # training was complete
+    fault_table.add("SIGTERM during the final test", True, 0, f"exit 143 {seconds:.1f} s after the signal")

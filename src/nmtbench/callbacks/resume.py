@@ -9,6 +9,8 @@
   totals). The handler only sets a flag; the decision is taken at the end of an optimizer
   step on every rank together (one all-reduce under DDP), so all processes save the same step
   and exit.
+- During the test after training (nothing left to save) SIGTERM stops the run at once, also
+  with status 143.
 - If a validation is due after that step, it runs first (and `ModelCheckpoint` saves its
   checkpoint); the stop follows at the end of the next step. Lightning would skip, on resume,
   a validation that a checkpoint taken before it interrupted. The worst case to exit is
@@ -91,6 +93,20 @@ class ResumeCheckpoint(L.Callback):
         self._restore_handler()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handler()
+
+    # During the test that follows training there is nothing to save: stop at once (status 143).
+    def _stop_test(self, signum: int, frame: Any) -> None:
+        message = ("Stopped by SIGTERM during the test. Training had finished and its checkpoints are "
+                   "complete: score them with scripts/evaluate.py ckpt_path=...")
+        log.warning(message)
+        raise Preempted(message)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.on_sigterm and threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGTERM, self._stop_test)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handler()
 
     # -- the decision, at the end of every optimizer step --------------------------------
