@@ -314,9 +314,9 @@ def load_wmt14(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, allow_download
         # Offline mode makes `datasets` use its local cache at once instead of retrying.
         datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = offline
         hf_splits = None if tuple(splits) == SPLITS else [HF_SPLITS[s] for s in splits]
+        only = {} if hf_splits is None else {"split": hf_splits}  # these splits only
         loaded = datasets.load_dataset(
-            cfg.hf_dataset, cfg.hf_config, revision=cfg.hf_revision, cache_dir=cfg.hf_cache_dir,
-            split=hf_splits,
+            cfg.hf_dataset, cfg.hf_config, revision=cfg.hf_revision, cache_dir=cfg.hf_cache_dir, **only
         )
         if hf_splits is not None:
             loaded = dict(zip(hf_splits, loaded))
