@@ -11,10 +11,13 @@ Nothing trains: every check is an argument parse, a Hydra composition or `bash -
     argument parsing. A Hydra app gets `--cfg job` appended, so its config is composed with
     the overrides exactly as on the command line (an unknown key or option fails) and nothing
     runs; an argparse app stops right after `parse_args` succeeded.
+    A Hydra multirun (`-m a=1,2`) is composed once per sweep value. Commands that already
+    show something (`--cfg`, `--info`, `--help`) keep their flag.
   * `bash X`, `X.sh ARGS`, `sbatch [options] X`: the script exists and passes `bash -n`.
   * `make TARGET`: `make -n TARGET` succeeds, and each command it would run is checked as above.
+  * `srun`, `timeout`, `env`, `nohup`, `time`, `nice`, `exec`: the command they run is checked.
   * `python -m M`: M is importable; any other program (`tensorboard`, `echo`): it is a shell
-    builtin or on PATH.
+    builtin, on PATH, or a cluster/GPU tool (CLUSTER_TOOLS) a CPU machine lacks.
 - Inline code in prose, by what it looks like:
   * a command (several words starting with python/torchrun/make/bash/sbatch, a console
     script or scripts/): as above; a lone `nmtbench-x` must be a console script;
@@ -74,6 +77,8 @@ CONSOLE_SCRIPTS = _console_scripts()
 PROJECT = re.search(r'^name = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
 SHELL_LANGS = {"bash", "sh", "shell", "console", "zsh"}
 BUILTINS = {"cd", ".", "source", "export", "set", "echo", "exit", "true", "false", "unset"}
+WRAPPERS = {"srun", "timeout", "env", "nohup", "time", "nice", "exec"}  # run the command after them
+CLUSTER_TOOLS = {"scontrol", "squeue", "scancel", "sinfo", "nvidia-smi"}  # not on a CPU machine
 PATH_ROOTS = ("configs/", "scripts/", "src/", "docs/", "tests/", "benchmarks/", ".github/")
 FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".md", ".txt", ".ckpt", ".log", ".csv", ".png", ".sh",
                  ".sbatch", ".toml", ".model", ".vocab")
@@ -186,7 +191,10 @@ def _run_entry(call, argv: list[str]) -> tuple[str | None, str | None]:
             kind.append("hydra")
             # A whole-argument placeholder (`<overrides>`, now `x`) stands for any overrides.
             overrides = [a for a in sys.argv[1:] if a != "x"]
-            return original(self, [*overrides, "--cfg", "job"], namespace)
+            shows = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
+            if not shows & set(overrides):  # else it shows something already and runs nothing
+                overrides += ["--cfg", "job"]
+            return original(self, overrides, namespace)
         kind.append("argparse")
         namespace = original(self, args, namespace)
         raise _Parsed(namespace)
@@ -239,23 +247,26 @@ def check_command(argv: list[str]) -> str | None:
         script = ROOT / args[0]
         if not script.is_file():
             return f"no such script: {args[0]}"
+
         def run_script() -> None:
             runpy.run_path(str(script), run_name="__main__")
 
-        return _run_entry(run_script, [str(script), *args[1:]])[1]
+        return _first_problem(_run_entry(run_script, [str(script), *variant])[1] for variant in _sweeps(args[1:]))
     if prog == "torchrun":
         from torch.distributed.run import get_args_parser
 
         parsed = get_args_parser().parse_args(args)
         return check_command(["python", parsed.training_script, *parsed.training_script_args])
     if prog in CONSOLE_SCRIPTS:
-        return _run_entry(_console_script(prog), argv)[1]
-    if prog in ("bash", "sh"):
+        return _first_problem(_run_entry(_console_script(prog), [prog, *variant])[1] for variant in _sweeps(args))
+    if prog in ("bash", "sh", "sbatch"):  # a script file, then its arguments
         files = [a for a in args if not a.startswith("-")]
-        return _bash_syntax(ROOT / files[0]) if files else None
-    if prog in ("sbatch", "srun"):
-        files = [a for a in args if not a.startswith("-")]
-        return _bash_syntax(ROOT / files[0]) if files else f"{prog} without a script"
+        return _bash_syntax(ROOT / files[0]) if files else (None if prog != "sbatch" else "sbatch without a script")
+    if prog in WRAPPERS:  # `srun [options] CMD`, `timeout 60 CMD`, `env A=1 CMD`: check CMD
+        i = 0  # skip the wrapper's options, assignments and durations/counts
+        while i < len(args) and re.fullmatch(r"-.*|[A-Za-z_]\w*=\S*|[\d.]+[smhd]?", args[i]):
+            i += 1
+        return check_command(args[i:]) if args[i:] else None
     if prog.endswith(".sh") or prog.startswith(("scripts/", "./")):
         return _bash_syntax(ROOT / prog)
     if prog == "make":
@@ -268,9 +279,29 @@ def check_command(argv: list[str]) -> str | None:
                 if problem:
                     return f"`make {' '.join(args)}` runs `{line.strip()}`: {problem}"
         return None
-    if prog in BUILTINS or shutil.which(prog):
+    if prog in BUILTINS or prog in CLUSTER_TOOLS or shutil.which(prog):
         return None
     return f"{prog}: not a shell builtin and not on PATH"
+
+
+def _first_problem(problems) -> str | None:
+    return next((p for p in problems if p), None)
+
+
+def _sweeps(args: list[str]) -> list[list[str]]:
+    """Arguments as they are, or for a Hydra multirun (`-m a=1,2 b=x,y`): without `-m`, every
+    sweep at its first value, then each other value of each sweep in turn."""
+    if not {"-m", "--multirun"} & set(args):
+        return [args]
+    args = [a for a in args if a not in ("-m", "--multirun")]
+    split = [a.partition("=") for a in args]
+    first = [f"{k}={v.split(',')[0]}" if sep and "," in v and not re.search(r"[\[({]", v) else a
+             for a, (k, sep, v) in zip(args, split)]
+    variants = [first]
+    for i, (k, sep, v) in enumerate(split):
+        if sep and "," in v and not re.search(r"[\[({]", v):
+            variants += [first[:i] + [f"{k}={alt}"] + first[i + 1:] for alt in v.split(",")[1:]]
+    return variants
 
 
 def split_commands(text: str) -> list[list[str]]:

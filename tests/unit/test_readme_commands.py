@@ -96,6 +96,11 @@ def test_the_checks_catch_mistakes():
     assert check_line("nmtbench-train experiment=no_such_row") is not None
     assert check_line("torchrun --nproc-per-node 2 scripts/train.py trainer=multinode model.d_modle=1") is not None
     assert check_line("make no-such-target") is not None
+    assert check_line("srun --kill-on-bad-exit=1 python scripts/train.py trainer=multinod") is not None
+    assert check_line("timeout 60 python scripts/train.py experiment=smoke") is None
+    assert check_line("python scripts/train.py -m model=transformer,lstm_seq2seq") is None
+    assert check_line("python scripts/train.py -m model=transformer,lstm_seq2sq") is not None
+    assert check_line("python scripts/train.py experiment=smoke --info defaults") is None
     assert check_inline("configs/model/no_such_model.yaml") is not None
     assert check_inline("nmtbench-trian") is not None and check_inline("nmtbench-train") is None
     assert check_inline("trainer.world_size") is None            # an attribute of lightning's Trainer
