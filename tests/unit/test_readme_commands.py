@@ -1,5 +1,6 @@
 """Every command and config key in README.md and docs/*.md works as written: the checks and
-their substitution rules are described in tests/doc_commands.py."""
+their substitution rules are described in tests/doc_commands.py, the extraction in
+tests/doc_snippets.py."""
 
 from __future__ import annotations
 
@@ -9,17 +10,14 @@ import pytest
 
 from ..doc_commands import (
     CONFIG_DIR,
-    DOCS,
     EXPECTED_ERRORS,
     PATH_ROOTS,
-    PROBLEMS,
-    ROOT,
-    SNIPPETS,
     check_inline,
     check_line,
     check_overrides,
     known_keys,
 )
+from ..doc_snippets import DOCS, PROBLEMS, ROOT, SNIPPETS
 
 
 def test_docs_have_commands_to_check():
