@@ -5,7 +5,8 @@
 
 Each argument is a run directory (holding results.json), a results.json file, or a directory
 whose sub-directories are runs. Writes table.md, table.csv and PNG plots into --out
-(see nmtbench.report for what each holds).
+(see the nmtbench.report package for what each holds). An invalid or missing input is one
+line on stderr naming the file and the fix, and exit status 1.
 """
 
 import sys

@@ -2,8 +2,9 @@
 # Re-run every row of the comparison table, one run after another, then build the report.
 #
 #   scripts/reproduce_table.sh mini  [HYDRA_OVERRIDES...]   # CPU: mini_seq2seq, mini_attention,
-#                                                           #      mini_transformer on Multi30k
-#                                                           #      (20 min of training each + test)
+#                                                           #      mini_transformer on Multi30k, two
+#                                                           #      seeds each (20 min of training
+#                                                           #      + test per run, ~2.5 h in all)
 #   scripts/reproduce_table.sh paper [HYDRA_OVERRIDES...]   # GPUs: luong2015_seq2seq,
 #                                                           #      luong2015_attention,
 #                                                           #      vaswani2017_base, vaswani2017_big
@@ -11,34 +12,37 @@
 #   scripts/reproduce_table.sh mini trainer.max_time=00:00:05:00     # a shorter CPU budget
 #   scripts/reproduce_table.sh paper trainer=ddp trainer.devices=8    # 8 GPUs (DDP) per run
 #
-# Overrides after SCALE go to every run. Each run writes runs/table_<scale>/<experiment>/
+# Overrides after SCALE go to every run. Each run writes runs/table_<scale>/<experiment>_seed<seed>/
 # (results.json, config.yaml, checkpoints/, tensorboard/); the report goes to
-# runs/table_<scale>/report/ (table.md, table.csv, *.png).
+# runs/table_<scale>/report/ (table.md, table.csv, *.png; seeds of a row are one table row).
 # Environment:
 #   NMTBENCH_TABLE_DIR   where the runs and the report go (default runs/table_<scale>;
 #                        relative paths are relative to the repository root)
 #   NMTBENCH_MULTI30K    Multi30k directory for the mini rows (default ../shared/data/multi30k)
-#   SKIP_DONE=1          skip an experiment whose run directory already has a tested results.json
-#   PARALLEL=1           start every row at once instead of one after another (each gets an
-#                        equal share of the machine: OMP_NUM_THREADS defaults to 1); the rows
-#                        stay compute-matched and the table finishes in one budget, not three
+#   SEEDS                the seeds of every row (default "1234 4321" for mini, "1234" for paper)
+#   SKIP_DONE=1          skip a run whose directory already has a tested results.json
+#   PARALLEL=1           start every run at once instead of one after another (each gets an
+#                        equal share of the machine: OMP_NUM_THREADS defaults to 1). Runs side by
+#                        side measure contention, not the models: the published table comes from
+#                        sequential runs, each with the whole machine.
 #   PYTHON               interpreter (default python)
 # A failed run does not stop the others; the script exits non-zero if any run failed.
 set -uo pipefail
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ $# -lt 1 ]]; then usage; exit 2; fi
 SCALE=$1; shift
 case "$SCALE" in
-  mini)  EXPERIMENTS=(mini_seq2seq mini_attention mini_transformer) ;;
-  paper) EXPERIMENTS=(luong2015_seq2seq luong2015_attention vaswani2017_base vaswani2017_big) ;;
+  mini)  EXPERIMENTS=(mini_seq2seq mini_attention mini_transformer); DEFAULT_SEEDS="1234 4321" ;;
+  paper) EXPERIMENTS=(luong2015_seq2seq luong2015_attention vaswani2017_base vaswani2017_big); DEFAULT_SEEDS="1234" ;;
   -h|--help) usage; exit 0 ;;
   *) echo "error: SCALE must be 'mini' or 'paper', got '$SCALE'" >&2; usage >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.."   # the repository root: configs and relative data paths resolve from here
 PYTHON=${PYTHON:-python}
+read -r -a SEED_LIST <<< "${SEEDS:-$DEFAULT_SEEDS}"
 TABLE_DIR=${NMTBENCH_TABLE_DIR:-runs/table_$SCALE}
 REPORT_DIR=$TABLE_DIR/report
 mkdir -p "$TABLE_DIR"
@@ -58,22 +62,24 @@ run_one() {  # run_one EXPERIMENT RUN_DIR OVERRIDES...: one row, with its log an
   fi
 }
 if [[ "${PARALLEL:-0}" == 1 ]]; then export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
-for exp in "${EXPERIMENTS[@]}"; do
-  run_dir=$TABLE_DIR/$exp
-  run_dirs+=("$run_dir")
-  if [[ "${SKIP_DONE:-0}" == 1 && -f $run_dir/results.json ]] \
-     && grep -q '"test"' "$run_dir/results.json"; then
-    echo "== $exp: done already ($run_dir/results.json), skipped (SKIP_DONE=1)"
-    continue
-  fi
-  echo "== $exp -> $run_dir  ($(date '+%F %T'))"
-  if [[ "${PARALLEL:-0}" == 1 ]]; then
-    mkdir -p "$run_dir"
-    run_one "$exp" "$run_dir" "$@" > "$run_dir.out" 2>&1 &
-    pids+=("$!:$exp")
-  else
-    run_one "$exp" "$run_dir" "$@" || failed+=("$exp")
-  fi
+for seed in "${SEED_LIST[@]}"; do
+  for exp in "${EXPERIMENTS[@]}"; do
+    run_dir=$TABLE_DIR/${exp}_seed$seed
+    run_dirs+=("$run_dir")
+    if [[ "${SKIP_DONE:-0}" == 1 && -f $run_dir/results.json ]] \
+       && grep -q '"test"' "$run_dir/results.json"; then
+      echo "== $exp seed $seed: done already ($run_dir/results.json), skipped (SKIP_DONE=1)"
+      continue
+    fi
+    echo "== $exp seed $seed -> $run_dir  ($(date '+%F %T'))"
+    if [[ "${PARALLEL:-0}" == 1 ]]; then
+      mkdir -p "$run_dir"
+      run_one "$exp" "$run_dir" "seed=$seed" "$@" > "$run_dir.out" 2>&1 &
+      pids+=("$!:${exp}_seed$seed")
+    else
+      run_one "$exp" "$run_dir" "seed=$seed" "$@" || failed+=("${exp}_seed$seed")
+    fi
+  done
 done
 for entry in "${pids[@]}"; do
   wait "${entry%%:*}" || failed+=("${entry#*:}")

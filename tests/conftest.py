@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from nmtbench.schema import register_configs
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -36,6 +38,7 @@ TINY_TRANSFORMER = [
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """Compose configs/<config_name>.yaml exactly as the scripts do (without running Hydra)."""
     GlobalHydra.instance().clear()
+    register_configs()  # the structured-config schemas configs/model and configs/data build on
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides or []))
 

@@ -60,6 +60,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+from nmtbench.schema import register_configs
+
 from .doc_snippets import ROOT
 
 CONFIG_DIR = ROOT / "configs"
@@ -282,6 +284,7 @@ def known_keys() -> set[str]:
         choices += [[f"{group.name}={opt.stem}"] for opt in sorted(group.glob("*.yaml"))]
     composed = []
     GlobalHydra.instance().clear()
+    register_configs()  # the structured-config schemas of configs/model and configs/data
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for overrides in choices:
             for name in names:

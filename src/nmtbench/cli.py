@@ -28,6 +28,7 @@ import hydra
 from omegaconf import DictConfig
 
 from nmtbench.errors import NmtbenchError
+from nmtbench.schema import register_configs
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -74,6 +75,7 @@ def _train(cfg: DictConfig) -> float | None:
 
 def train() -> None:
     """Train (and test) a model: `nmtbench-train experiment=smoke` (configs/train.yaml)."""
+    register_configs()  # the structured-config schemas configs/model and configs/data build on
     _train()
 
 
@@ -94,6 +96,7 @@ def prepare_data() -> None:
     runs/prepare_data/<time>/ unless `task_name=` is given."""
     if not any(arg.startswith("task_name=") for arg in sys.argv[1:]):
         sys.argv.append("task_name=prepare_data")
+    register_configs()
     _prepare_data()
 
 

@@ -14,9 +14,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
-from nmtbench.config import from_mapping
+from nmtbench.errors import ConfigError
 from nmtbench.models import build_model
-from nmtbench.optim import OptimConfig, ScheduledLR, build_optimizer
+from nmtbench.optim import build_optimizer, build_scheduler, load_optim_config
+
+# model.loss_normalization: what the summed loss of an optimizer step is divided by.
+LOSS_NORMALIZATIONS = ("tokens", "sentences")
 
 
 def label_smoothed_loss(
@@ -50,8 +53,16 @@ class Seq2SeqModule(L.LightningModule):
         self.save_hyperparameters()
         model_cfg = cfg["model"]
         self.model = build_model(model_cfg, vocab_size=vocab_size, pad_id=pad_id)
-        self.optim_cfg = from_mapping(OptimConfig, model_cfg.get("optim"), "model.optim")
+        self.optim_cfg = load_optim_config(model_cfg.get("optim"))
         self.label_smoothing = float(model_cfg.get("label_smoothing", 0.0))
+        self.loss_normalization = str(model_cfg.get("loss_normalization", "tokens"))
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ConfigError(
+                f"model.loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)}, "
+                f"got '{self.loss_normalization}'."
+            )
+        # Tokens or sentences of the micro-batches of the current optimizer step (this rank).
+        self._step_count: torch.Tensor | int = 0
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.tokenizer = None  # attached in setup() from the datamodule (not saved)
         # Token-weighted validation loss, reduced across ranks by torchmetrics.
@@ -88,12 +99,14 @@ class Seq2SeqModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, nll, ntok = self._loss(batch)
-        ntok = ntok.clamp(min=1)
         bsz = batch["src"].size(0)
-        self.log("train/loss", loss / ntok, prog_bar=True, batch_size=bsz)
-        self.log("train/nll", nll / ntok, batch_size=bsz)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=bsz)
-        return loss / ntok
+        per_token = ntok.clamp(min=1)
+        self.log("train/loss", loss.detach() / per_token, prog_bar=True, batch_size=bsz)
+        self.log("train/nll", nll.detach() / per_token, batch_size=bsz)
+        # The summed loss is returned; the gradients are divided by the step's global count of
+        # tokens or sentences in optimizer_step (see normalize_gradients).
+        self._step_count = self._step_count + (ntok.detach() if self.loss_normalization == "tokens" else bsz)
+        return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         loss, nll, ntok = self._loss(batch)
@@ -141,10 +154,46 @@ class Seq2SeqModule(L.LightningModule):
         return [self.tokenizer.decode(h) for h in self.translate_ids(batch, beam_size, length_penalty, max_len_b)]
 
     # -- optimisation ------------------------------------------------------------------
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Run the closure (the step's last micro-batch), normalise the accumulated gradients,
+        then step. Normalising inside the closure puts it before the `on_before_optimizer_step`
+        hooks and gradient clipping, which therefore see the normalised gradient."""
+
+        def closure():
+            out = optimizer_closure() if optimizer_closure is not None else None
+            self.normalize_gradients()
+            return out
+
+        optimizer.step(closure=closure)
+
+    def normalize_gradients(self) -> None:
+        """Divide the accumulated gradients by the optimizer step's global token or sentence count.
+
+        training_step returns the summed loss of its micro-batch. Lightning divides every
+        micro-batch loss by `accumulate_grad_batches` (k) and DDP averages gradients over the W
+        ranks, so the gradient here is sum(losses) / (k * W); multiplying by k * W / N, where N
+        is this step's count summed over micro-batches and ranks, gives sum(losses) / N: the
+        gradient of one big batch, whatever the split into ranks and micro-batches
+        (`model.loss_normalization`: tokens = fairseq's and Vaswani et al.'s per-token loss;
+        sentences = Luong et al. 2015 and Sutskever et al. 2014, "divided by 128" sentences).
+        """
+        count = torch.as_tensor(self._step_count, device=self.device, dtype=torch.float64)
+        self._step_count = 0
+        if self.trainer.world_size > 1:
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        # A 0-d tensor: no host-device synchronisation on GPU.
+        scale = (self.trainer.accumulate_grad_batches * self.trainer.world_size) / count.clamp(min=1.0)
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.mul_(scale.to(p.grad.dtype))
+
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optim_cfg, self.model.parameters())
-        scheduler = ScheduledLR(optimizer, self.optim_cfg, self.model.model_dim, epoch_fn=lambda: self.current_epoch)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        scheduler = build_scheduler(optimizer, self.optim_cfg, self.model.model_dim,
+                                    epoch_fn=lambda: self.current_epoch)
+        # "name": LearningRateMonitor (callbacks/default.yaml) logs the lr as `train/lr`.
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
 
 __all__ = ["Seq2SeqModule", "label_smoothed_loss"]

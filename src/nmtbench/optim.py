@@ -9,29 +9,39 @@ Schedules return a multiplier on `optim.lr`, evaluated at the optimizer step cou
 - `constant`: lr = optim.lr, with an optional linear warmup.
 - `halving` (Luong et al. 2015, sec. 4.1): lr = optim.lr * decay_factor^k, where k counts
   the epochs started at or after `decay_start_epoch` (1-based, as the paper counts).
+
+`lr_at` is the one formula; `build_scheduler` applies it through torch's `LambdaLR`.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from nmtbench.config import from_mapping, to_container
 from nmtbench.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | sgd
-    lr: float = 1.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # Vaswani et al. 2017, sec. 5.3
-    eps: float = 1e-9
-    weight_decay: float = 0.0
-    schedule: str = "inverse_sqrt"  # inverse_sqrt | constant | halving
-    warmup_steps: int = 4000
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    # Defaults: the Transformer's optimiser, Vaswani et al. 2017, section 5.3 (the LSTM rows'
+    # SGD recipe is nmtbench.schema.luong2015_sgd). Gradient clipping is a trainer flag:
+    # `trainer.gradient_clip_val`.
+    name: str = "adam"  # adam | sgd; "We used the Adam optimizer"
+    lr: float = 1.0  # inverse_sqrt: scale on eq. 3 (1.0 = the paper); else the peak lr
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # beta1 = 0.9, beta2 = 0.98
+    eps: float = 1e-9  # epsilon = 1e-9
+    weight_decay: float = 0.0  # none in the paper
+    schedule: str = "inverse_sqrt"  # inverse_sqrt (eq. 3) | constant | halving
+    warmup_steps: int = 4000  # warmup_steps = 4000
     decay_start_epoch: int = 0  # halving: first (1-based) epoch with a halved lr; 0 = never
-    decay_factor: float = 0.5
+    decay_factor: float = 0.5  # halving: lr multiplier per epoch
 
     def __post_init__(self) -> None:
         if self.name not in ("adam", "sgd"):
@@ -40,8 +50,21 @@ class OptimConfig:
             raise ConfigError(
                 f"model.optim.schedule must be inverse_sqrt, constant or halving, got '{self.schedule}'."
             )
+        if not self.lr > 0:
+            raise ConfigError(f"model.optim.lr must be > 0 (the peak lr, or the inverse_sqrt scale), got {self.lr}.")
         if self.schedule == "inverse_sqrt" and self.warmup_steps <= 0:
             raise ConfigError("model.optim.warmup_steps must be > 0 for the inverse_sqrt schedule.")
+
+
+def load_optim_config(mapping: Mapping[str, Any] | None) -> OptimConfig:
+    """`model.optim` -> OptimConfig (unknown keys are errors). The config saved in a checkpoint
+    written before gradient clipping became `trainer.gradient_clip_val` still holds
+    `grad_clip`: it is dropped with a warning, so such checkpoints load for evaluation."""
+    data = dict(to_container(mapping) or {})
+    if "grad_clip" in data:
+        log.warning("model.optim.grad_clip=%s (a config from an older nmtbench) is ignored: gradient "
+                    "clipping is trainer.gradient_clip_val now.", data.pop("grad_clip"))
+    return from_mapping(OptimConfig, data, "model.optim")
 
 
 def lr_at(cfg: OptimConfig, step: int, epoch: int = 0, model_dim: int = 512) -> float:
@@ -68,22 +91,19 @@ def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-class ScheduledLR(torch.optim.lr_scheduler.LRScheduler):
-    """Sets every param group's lr to `lr_at(cfg, step, epoch)`; stepped once per optimizer step.
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, model_dim: int,
+                    epoch_fn: Callable[[], int] = lambda: 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """torch's `LambdaLR` following `lr_at`: stepped once per optimizer step, it sets every
+    param group's lr to `lr_at(cfg, step, epoch_fn(), model_dim)` (step 1 at construction).
 
-    The current epoch is read from `epoch_fn` so the halving schedule follows the trainer.
+    LambdaLR multiplies the optimizer's initial lr (`cfg.lr`, set by `build_optimizer`), so
+    the factor is `lr_at / cfg.lr`. Its state_dict holds the step count (`last_epoch`); on
+    resume Lightning restores it with the optimizer's lr, and the halving schedule reads the
+    restored trainer epoch through `epoch_fn`.
     """
-
-    def __init__(self, optimizer, cfg: OptimConfig, model_dim: int, epoch_fn=lambda: 0):
-        self.cfg, self.model_dim, self.epoch_fn = cfg, model_dim, epoch_fn
-        super().__init__(optimizer)
-
-    def get_lr(self) -> list[float]:
-        lr = lr_at(self.cfg, self.last_epoch + 1, self.epoch_fn(), self.model_dim)
-        return [lr for _ in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict:
-        return {k: v for k, v in super().state_dict().items() if k not in ("cfg", "epoch_fn")}
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda done: lr_at(cfg, done + 1, epoch_fn(), model_dim) / cfg.lr
+    )
 
 
-__all__ = ["OptimConfig", "ScheduledLR", "build_optimizer", "lr_at"]
+__all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "load_optim_config", "lr_at"]

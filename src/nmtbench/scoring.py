@@ -74,6 +74,26 @@ def paper_bleu(hyps: Sequence[str], refs: Sequence[str], lang: str = "de") -> di
     return {"score": score.score, "signature": signature}
 
 
+def paper_bleu_statistics(tok_hyps: Sequence[str], tok_refs: Sequence[str]) -> list[float]:
+    """BLEU's sufficient statistics of already `paper_tokenize`d lines: [hypothesis length,
+    reference length, matches of 1..4-grams, hypothesis 1..4-grams]. Statistics of disjoint
+    parts of a corpus add up to the corpus' (so DDP ranks can sum them)."""
+    _check(tok_hyps, tok_refs)
+    if not tok_hyps:
+        return [0.0] * 10
+    score = BLEU(tokenize="none", force=True).corpus_score(list(tok_hyps), [list(tok_refs)])
+    return [float(score.sys_len), float(score.ref_len), *map(float, score.counts), *map(float, score.totals)]
+
+
+def paper_bleu_from_statistics(stats: Sequence[float]) -> float:
+    """`paper_bleu`'s score from (summed) `paper_bleu_statistics`."""
+    bleu = BLEU(tokenize="none", force=True)
+    counts = [int(round(x)) for x in stats]
+    return bleu.compute_bleu(correct=counts[2:6], total=counts[6:10], sys_len=counts[0], ref_len=counts[1],
+                             smooth_method=bleu.smooth_method, smooth_value=bleu.smooth_value,
+                             effective_order=bleu.effective_order).score
+
+
 def corpus_scores(hyps: Sequence[str], refs: Sequence[str], lang: str = "de") -> dict:
     """All test metrics at once (flat, JSON-ready): `sacrebleu` + `signature` (detokenized,
     13a), `chrf` + `chrf_signature`, `paper_bleu` + `paper_bleu_signature` (tokenized,

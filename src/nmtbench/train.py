@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +109,50 @@ def rank_zero_log_file(trainer: L.Trainer) -> None:
             handler.close()
 
 
-def gradient_accumulation(cfg: DictConfig, world_size: int) -> int:
-    """Micro-batches per optimizer step so the effective batch does not depend on GPU count.
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's batch is split: `accumulation` micro-batches of at most
+    `max_tokens` padded tokens on each of `world_size` devices."""
 
-    accumulation = ceil(data.effective_batch_tokens / (data.max_tokens * world_size)); with
-    `data.effective_batch_tokens: null` the trainer's `accumulate_grad_batches` is kept.
+    accumulation: int
+    max_tokens: int
+    world_size: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.accumulation * self.max_tokens * self.world_size
+
+
+def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
+    """Split `data.effective_batch_tokens` per optimizer step over devices and micro-batches.
+
+    k = ceil(effective / (data.max_tokens * world_size)) micro-batches, each with a budget of
+    effective / (k * world_size) padded tokens per device (data.max_tokens is the most one
+    device can take): the step holds the same number of tokens on 1 GPU and on 8, so the
+    paper's batch and learning rate go together whatever the GPU count. With
+    `data.effective_batch_tokens: null` the trainer's `accumulate_grad_batches` and
+    `data.max_tokens` are used as they are (the batch per step then grows with the devices).
     """
     effective = cfg.data.get("effective_batch_tokens")
+    cap = int(cfg.data.max_tokens)
     if not effective:
-        return int(cfg.trainer.get("accumulate_grad_batches") or 1)
-    return max(1, math.ceil(effective / (cfg.data.max_tokens * world_size)))
+        return BatchPlan(int(cfg.trainer.get("accumulate_grad_batches") or 1), cap, world_size)
+    effective = int(effective)
+    accumulation = max(1, math.ceil(effective / (cap * world_size)))
+    per_device = effective // (accumulation * world_size)
+    longest = int(cfg.data.max_len) + 1
+    if per_device < longest:
+        raise ConfigError(
+            f"data.effective_batch_tokens={effective} over {world_size} devices leaves {per_device} "
+            f"tokens per micro-batch, less than the longest training example ({longest} = "
+            "data.max_len + 1): raise data.effective_batch_tokens or use fewer devices."
+        )
+    return BatchPlan(accumulation, per_device, world_size)
+
+
+def gradient_accumulation(cfg: DictConfig, world_size: int) -> int:
+    """Micro-batches per optimizer step (see `batch_plan`)."""
+    return batch_plan(cfg, world_size).accumulation
 
 
 def validate_every_optimizer_steps(trainer: L.Trainer) -> None:
@@ -133,17 +169,76 @@ def validate_every_optimizer_steps(trainer: L.Trainer) -> None:
         trainer.val_check_interval = interval * k
 
 
+TEST_WEIGHTS = ("best", "last")
+
+
+def save_final_checkpoint(trainer: L.Trainer, output_dir: Path) -> Path:
+    """Write `<run>/checkpoints/last.ckpt` with the weights of the last optimizer step.
+
+    Lightning's ModelCheckpoint refreshes last.ckpt only when it also saves a top-k checkpoint,
+    so a run whose last validation is not in the top k (or that stops between validations)
+    would leave an older step there. Called on every rank (saving is collective under DDP;
+    rank zero writes).
+    """
+    path = output_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(path)
+    if trainer.is_global_zero:
+        log.info("Saved the final weights (step %d) to %s", trainer.global_step, path)
+    return path
+
+
+def checkpoint_to_test(cfg: DictConfig, trainer: L.Trainer, output_dir: Path) -> str | None:
+    """The checkpoint `cfg.test_weights` names: "best" (top val/bleu checkpoint; the final
+    weights when no validation ran) or "last" (the final optimizer step)."""
+    weights = str(cfg.get("test_weights", "best"))
+    if weights not in TEST_WEIGHTS:
+        raise ConfigError(f"test_weights must be one of {', '.join(TEST_WEIGHTS)}, got '{weights}'.")
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if weights == "best":
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        if best:
+            return best
+        log.warning("No best checkpoint (no validation ran?): testing the final weights.")
+    return str(last) if last.exists() else None
+
+
+def average_after_fit(cfg: DictConfig, trainer: L.Trainer, output_dir: Path) -> Path | None:
+    """Average the last `average.last_n` checkpoints of `average.dir` into
+    `<run>/checkpoints/averaged.ckpt` (rank zero writes, every rank waits); None when off.
+
+    Vaswani et al. 2017 (section 6.1) average the last 5 (base) or 20 (big) checkpoints,
+    written at 10-minute intervals; the experiment's periodic checkpoint callback keeps them.
+    """
+    from nmtbench.checkpoints import last_checkpoints, save_averaged
+
+    avg = cfg.get("average") or {}
+    n = int(avg.get("last_n") or 0)
+    if n <= 0:
+        return None
+    target = output_dir / "checkpoints" / "averaged.ckpt"
+    if trainer.is_global_zero:
+        paths = last_checkpoints(avg.get("dir") or output_dir / "checkpoints", n)
+        if len(paths) < n:
+            log.warning("average.last_n=%d but only %d checkpoints exist: averaging those.", n, len(paths))
+        save_averaged(paths, target)
+        log.info("Averaged %d checkpoints (steps of %s) into %s", len(paths),
+                 ", ".join(p.name for p in paths), target)
+    trainer.strategy.barrier("average_after_fit")
+    return target
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and optionally test) the configured model; return the final metrics."""
+    from nmtbench.data.config import load_data_config
     from nmtbench.data.datamodule import Seq2SeqDataModule
     from nmtbench.module import Seq2SeqModule
 
-    model_config(cfg.model)  # validate the architecture keys before any heavy work
+    model_config(cfg.model)  # validate the architecture and data keys before any heavy work
+    data_cfg = load_data_config(cfg.data)
     degrade_gpu_settings(cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
-    datamodule = Seq2SeqDataModule(cfg.data, seed=cfg.seed)
     module = Seq2SeqModule(to_container(cfg), vocab_size=int(cfg.data.vocab_size))
 
     if cfg.get("compile"):
@@ -154,42 +249,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer_kwargs: dict[str, Any] = {}
-    optim_clip = float(cfg.model.get("optim", {}).get("grad_clip", 0.0) or 0.0)
-    if optim_clip > 0 and cfg.trainer.get("gradient_clip_val") is None:
-        trainer_kwargs["gradient_clip_val"] = optim_clip
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 **trainer_kwargs)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     # The ranks are known here (DDP, torchrun and SLURM all set them when the Trainer is built).
     check_hydra_multirun(trainer)
     rank_zero_log_file(trainer)
     # Lightning reads both attributes in the fit loop (not at construction), so setting them
     # on the built Trainer takes effect.
-    accumulation = gradient_accumulation(cfg, trainer.world_size)
-    trainer.accumulate_grad_batches = accumulation
+    plan = batch_plan(cfg, trainer.world_size)
+    trainer.accumulate_grad_batches = plan.accumulation
     validate_every_optimizer_steps(trainer)
+    datamodule = Seq2SeqDataModule(dataclasses.replace(data_cfg, max_tokens=plan.max_tokens), seed=cfg.seed)
     if trainer.is_global_zero:
         log.info("Model %s: %s parameters (vocab %d)", cfg.model.name, f"{module.num_parameters:,}",
                  cfg.data.vocab_size)
-        log.info("Gradient accumulation: %d micro-batches of <= %d tokens on %d device(s) "
-                 "(<= %d tokens per optimizer step; data.effective_batch_tokens=%s)",
-                 accumulation, cfg.data.max_tokens, trainer.world_size,
-                 accumulation * cfg.data.max_tokens * trainer.world_size,
-                 cfg.data.get("effective_batch_tokens"))
+        log.info("Batch per optimizer step: %d micro-batch(es) of <= %d padded tokens on %d device(s) "
+                 "= <= %d tokens (data.effective_batch_tokens=%s, data.max_tokens=%s); loss / %s",
+                 plan.accumulation, plan.max_tokens, plan.world_size, plan.tokens_per_step,
+                 cfg.data.get("effective_batch_tokens"), cfg.data.max_tokens,
+                 module.loss_normalization)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg, output_dir))
+    if not trainer.fast_dev_run and not trainer.interrupted:
+        save_final_checkpoint(trainer, output_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
     if cfg.get("test") and not trainer.fast_dev_run:
-        ckpt = "best" if trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path else None
-        if ckpt is None:
-            log.warning("No best checkpoint (no validation ran?): testing the current weights.")
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt)
+        trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint_to_test(cfg, trainer, output_dir))
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        averaged = average_after_fit(cfg, trainer, output_dir)
+        if averaged is not None:
+            trainer.test(module, datamodule=datamodule, ckpt_path=str(averaged))
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     if trainer.is_global_zero:
         log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
     return metrics

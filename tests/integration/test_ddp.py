@@ -5,7 +5,9 @@ trainer=ddp_sim ...`, module fixture) is checked for:
   - one Hydra run directory shared by both ranks, written by rank zero only;
   - distinct training batches on the two ranks;
   - the same parameters (and validation loss) as a 1-process run with 2-fold gradient
-    accumulation and the same effective batch (`data.effective_batch_tokens`).
+    accumulation and the same effective batch (`data.effective_batch_tokens`), with the loss
+    divided by the sentences of the whole step across ranks (`model.loss_normalization`;
+    tests/unit/test_loss_normalization.py shows 1 process == one big batch).
 The fast tests at the end cover the multi-GPU configs without starting processes.
 """
 
@@ -19,13 +21,14 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
 from nmtbench.data.batching import TokenBatchSampler
 from nmtbench.data.datamodule import Seq2SeqDataModule
 from nmtbench.errors import ConfigError
-from nmtbench.train import degrade_gpu_settings, gradient_accumulation, train
+from nmtbench.train import BatchPlan, batch_plan, degrade_gpu_settings, gradient_accumulation, train
 from tests.conftest import compose_config
 
 from ..conftest import TINY_TRANSFORMER
@@ -51,7 +54,10 @@ TINY = [
     *TINY_TRANSFORMER,
     "model.dropout=0.0",
     "model.optim.name=sgd",
-    "model.optim.lr=5.0",
+    # Luong's per-sentence loss (the SGD rows): the count is summed over both micro-batches
+    # (1 process) or both ranks (2 processes) before the gradient is divided by it.
+    "model.loss_normalization=sentences",
+    "model.optim.lr=0.5",
     "model.optim.warmup_steps=4",
     f"trainer.max_steps={STEPS}",
     "trainer.max_time=null",
@@ -157,7 +163,7 @@ def test_ddp_sim_run_writes_one_run_directory_from_rank_zero(runs):
     assert configs == [".hydra/config.yaml", "config.yaml"]  # Hydra's (rank zero) and train.py's
     assert not list(run.glob(".pl_ddp_hydra*")), "a non-zero rank wrote its own Hydra subdirectory"
     log = (run / "smoke.log").read_text()
-    assert log.count("Gradient accumulation: 1 micro-batches") == 1, "the log file is not rank zero's alone"
+    assert log.count("Batch per optimizer step: 1 micro-batch(es)") == 1, "the log file is not rank zero's alone"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == STEPS
     assert sorted(p.name for p in (run / "checkpoints").glob("step*.ckpt"))[0].startswith(f"step{VAL_EVERY:07d}")
@@ -225,14 +231,36 @@ def test_global_batches_match_between_one_and_two_processes(tmp_path):
     assert [b.tolist() for b in one] == [b.tolist() for b in two]
 
 
-def test_effective_batch_gives_the_same_tokens_per_step_on_1_and_8_gpus():
+def test_effective_batch_is_split_into_equal_budgets_on_1_to_16_gpus():
     cfg = compose_config(["data.max_tokens=4096", "data.effective_batch_tokens=25000"])
-    assert gradient_accumulation(cfg, world_size=1) == 7  # 7 x 4096 = 28672 tokens
-    assert gradient_accumulation(cfg, world_size=8) == 1  # 8 x 4096 = 32768 tokens
-    cfg = compose_config(["data.max_tokens=3125", "data.effective_batch_tokens=25000"])
-    assert [gradient_accumulation(cfg, n) for n in (1, 2, 4, 8, 16)] == [8, 4, 2, 1, 1]
-    cfg = compose_config(["data.effective_batch_tokens=null", "trainer.accumulate_grad_batches=3"])
-    assert gradient_accumulation(cfg, world_size=8) == 3
+    plans = {n: batch_plan(cfg, world_size=n) for n in (1, 2, 4, 8, 16)}
+    assert [plans[n].accumulation for n in (1, 2, 4, 8, 16)] == [7, 4, 2, 1, 1]
+    assert plans[1].max_tokens == 3571 and plans[8].max_tokens == 3125  # <= data.max_tokens
+    for plan in plans.values():
+        assert 25000 - plan.accumulation * plan.world_size <= plan.tokens_per_step <= 25000
+    cfg = compose_config(["data.effective_batch_tokens=null", "data.max_tokens=4096",
+                          "trainer.accumulate_grad_batches=3"])
+    assert batch_plan(cfg, world_size=8) == BatchPlan(3, 4096, 8)  # no effective batch: as configured
+    with pytest.raises(ConfigError, match="data.max_len"):
+        batch_plan(compose_config(["data.effective_batch_tokens=4096", "data.max_len=256"]), world_size=32)
+
+
+def test_effective_batch_gives_the_same_tokens_per_step_on_1_and_8_gpus():
+    """Real (unpadded) tokens per optimizer step, from the sampler's actual batches of one epoch
+    of WMT-like lengths, with the budgets of batch_plan: within 5% on 1 and 8 ranks."""
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(26), 0.55, 200_000).astype(np.int64), 2, 257)
+    cfg = compose_config(["data.max_tokens=4096", "data.effective_batch_tokens=25000"])
+
+    def tokens_per_step(world_size: int) -> float:
+        plan = batch_plan(cfg, world_size)
+        sampler = TokenBatchSampler(lengths, plan.max_tokens, seed=1, rank=0, world_size=world_size)
+        steps = len(sampler.global_batches(0)) / (plan.accumulation * world_size)
+        return float(lengths.sum()) / steps
+
+    one, eight = tokens_per_step(1), tokens_per_step(8)
+    assert abs(one - eight) / one < 0.05, (one, eight)
+    assert 0.8 * 25000 < one <= 25000  # packing loses a little to padding
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallbacks")

@@ -53,10 +53,12 @@ def test_paper_experiments_pin_the_published_settings():
         assert (m.num_layers, m.hidden_size, m.embed_dim, m.dropout, m.init_range) == (4, 1000, 1000, 0.2, 0.1)
         assert m.reverse_source is True and m.label_smoothing == 0.0
         o = m.optim
-        assert (o.name, o.lr, o.schedule, o.decay_start_epoch, o.decay_factor, o.grad_clip) == (
-            "sgd", 1.0, "halving", 9, 0.5, 5.0)
+        assert (o.name, o.lr, o.schedule, o.decay_start_epoch, o.decay_factor) == ("sgd", 1.0, "halving", 9, 0.5)
+        assert "grad_clip" not in o and cfg.trainer.gradient_clip_val == 5.0  # a trainer flag
         assert cfg.trainer.max_epochs == 12 and cfg.trainer.max_steps == -1
         assert cfg.data.source == "wmt14"
+        # 128 sentences per step (~3750 padded tokens), the loss divided by the sentences
+        assert cfg.data.effective_batch_tokens == 3750 and m.loss_normalization == "sentences"
     assert s2s.model.attention == "none"
     assert (att.model.attention, att.model.attention_score, att.model.input_feeding) == ("luong", "dot", True)
 
@@ -64,7 +66,9 @@ def test_paper_experiments_pin_the_published_settings():
     big = compose_config(["experiment=vaswani2017_big"])
     for cfg, steps, keep in ((base, 100_000, 5), (big, 300_000, 20)):
         assert cfg.trainer.max_steps == steps
-        assert cfg.data.effective_batch_tokens == 25000 and cfg.data.vocab_size == 37000
+        assert cfg.data.effective_batch_tokens == 27000 and cfg.data.vocab_size == 37000
+        assert cfg.model.loss_normalization == "tokens"
+        assert cfg.average.last_n == keep and OmegaConf.to_yaml(cfg.average).endswith("checkpoints/periodic\n")
         assert cfg.model.optim.warmup_steps == 4000 and cfg.model.label_smoothing == 0.1
         assert (cfg.callbacks.bleu.test_beam_size, cfg.callbacks.bleu.length_penalty) == (4, 0.6)
         assert cfg.callbacks.periodic_checkpoint.save_top_k == keep == cfg.published.average_last_checkpoints
@@ -72,19 +76,22 @@ def test_paper_experiments_pin_the_published_settings():
     assert (big.model.d_model, big.model.dropout) == (1024, 0.3)
 
 
-def test_mini_experiments_are_compute_matched():
-    """Same data, trainer budget, validation and decoding; only the model differs."""
+def test_mini_rows_compose_from_the_shared_base():
+    """The three mini rows: Multi30k, a 20-minute CPU budget, greedy validation on 500 pairs,
+    beam-4 test (all from _mini.yaml); each its own model and task name."""
     cfgs = {name: compose_config([f"experiment={name}"]) for name in MINI}
-    first = cfgs[MINI[0]]
     for name, cfg in cfgs.items():
-        for section in ("data", "trainer", "callbacks"):
-            assert OmegaConf.to_container(cfg[section]) == OmegaConf.to_container(first[section]), (name, section)
-        assert cfg.model_size == "mini" and cfg.trainer.accelerator == "cpu"
-    assert first.data.source == "files" and first.data.valid_prefix == "val"
-    assert first.data.test_prefix == "test2016" and first.trainer.max_time == "00:00:20:00"
-    assert first.callbacks.bleu.test_beam_size == 4
+        assert cfg.task_name == name and cfg.model_size == "mini" and cfg.trainer.accelerator == "cpu"
+        assert (cfg.data.source, cfg.data.valid_prefix, cfg.data.test_prefix) == ("files", "val", "test2016")
+        assert cfg.trainer.max_time == "00:00:20:00" and cfg.trainer.max_steps == -1
+        assert (cfg.callbacks.bleu.beam_size, cfg.callbacks.bleu.max_sentences) == (1, 500)
+        assert (cfg.callbacks.bleu.test_beam_size, cfg.callbacks.bleu.length_penalty) == (4, 0.6)
     models = {(c.model.name, c.model.get("attention")) for c in cfgs.values()}
     assert models == {("lstm", "none"), ("lstm", "luong"), ("transformer", None)}
+    lstm = [c for c in cfgs.values() if c.model.name == "lstm"]
+    assert all(c.trainer.gradient_clip_val == 5.0 and c.model.optim.name == "adam" for c in lstm)
+    assert cfgs["mini_transformer"].trainer.gradient_clip_val is None
+    assert cfgs["mini_transformer"].model.optim.warmup_steps == 400
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """results.json end to end: a shrunk smoke run writes a file that validates and TensorBoard
-holds the val/, time/ and perf/ scalars; under 2-process DDP on CPU only rank zero writes
-and token counts are summed over both ranks."""
+holds the val/, time/ and perf/ scalars; under 2-process DDP on CPU only rank zero writes,
+token counts are summed over both ranks and both ranks log the same val/paper_bleu."""
 
 from __future__ import annotations
 
@@ -9,14 +9,24 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from nmtbench.callbacks.bleu import BleuCallback
 from nmtbench.callbacks.gpu_stats import GpuStatsCallback
-from nmtbench.callbacks.results import ResultsCallback, load_results, validate_results
+from nmtbench.callbacks.results import ResultsCallback
 from nmtbench.callbacks.throughput import ThroughputCallback
 from nmtbench.callbacks.wallclock import WallClockCallback
-from tests.unit.test_callbacks_results import CFG, TinyData, TinyModule, batch_tokens, make_batch
+from nmtbench.results_schema import load_results, validate_results
+from nmtbench.scoring import paper_bleu
+from tests.unit.test_callbacks_results import (
+    CFG,
+    REFS,
+    TinyData,
+    TinyModule,
+    batch_tokens,
+    make_batch,
+)
 
 from ..conftest import TINY_TRANSFORMER
 
@@ -26,10 +36,11 @@ TINY_RUN = [
     # an untrained model decodes to the maximum length: keep decoding short
     "data.toy.num_valid=10",
     "data.toy.num_test=10",
-    "+callbacks.bleu.max_len_b=8",
+    "callbacks.bleu.max_len_b=8",
 ]
 
-GPU_KEYS = ("gpu_util_mean", "gpu_mem_gb_mean", "gpu_mem_gb_max", "gpu_power_w_mean", "gpu_hours")
+GPU_KEYS = ("gpu_kernel_active_pct_mean", "gpu_util_mean", "gpu_mem_gb_mean", "gpu_mem_gb_max",
+            "gpu_power_w_mean", "gpu_hours")
 
 
 @pytest.mark.slow
@@ -50,15 +61,22 @@ def test_smoke_run_results_and_scalars(tiny_cfg, tmp_path):
     assert [p["step"] for p in r["val_curve"]] == [6, 12]
     assert r["best_val_bleu"] is not None and r["test_sacrebleu"] is not None
     assert r["test_paper_bleu"] is not None and r["test_chrf"] is not None
+    assert r["best_val_paper_bleu"] is not None and all(p["paper_bleu"] is not None for p in r["val_curve"])
+    assert len(r["time_to_fraction_of_best"]) == 3
+    # train.py tests the best checkpoint
+    (evaluation,) = r["test_evaluations"]
+    assert evaluation["weights"] == r["test_weights"] == "best"
+    assert r["test_ckpt_path"].endswith(".ckpt") and Path(r["test_ckpt_path"]).exists()
     for key in GPU_KEYS:
         assert r[key] is None and r["null_reasons"][key]
     # every field holds a value except the GPU ones (and targets the tiny model cannot reach)
-    assert set(r["null_reasons"]) <= set(GPU_KEYS) | {"experiment", "model_variant"}, r["null_reasons"]
+    allowed = set(GPU_KEYS) | {"experiment", "model_variant", "test_averaged_from"}
+    assert set(r["null_reasons"]) <= allowed, r["null_reasons"]
 
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
-    assert "val/bleu" in scalars
+    assert {"val/bleu", "val/paper_bleu"} <= scalars
     assert {"time/train_hours", "time/train_hours_excl_val", "time/val_hours", "time/device_hours"} <= scalars
     assert {"perf/tokens_per_sec", "perf/tgt_tokens_per_sec", "perf/device/tokens_per_sec", "perf/mfu"} <= scalars
 
@@ -69,6 +87,18 @@ class SpyResults(ResultsCallback):
     def build(self, trainer, pl_module):
         Path(self.output_dir, f"built_by_rank{trainer.global_rank}").touch()
         return super().build(trainer, pl_module)
+
+
+class RankMetrics(L.Callback):
+    """Writes what each rank's trainer holds for val/paper_bleu after each validation."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            value = float(trainer.callback_metrics["val/paper_bleu"])
+            Path(self.out_dir, f"paper_bleu_rank{trainer.global_rank}").write_text(repr(value))
 
 
 UNIFORM_BATCH = make_batch([(5, 4), (3, 2)])
@@ -86,7 +116,7 @@ class UniformData(TinyData):
 def test_ddp_only_rank_zero_writes(tmp_path):
     callbacks = [BleuCallback(num_examples=0, test_beam_size=1), WallClockCallback(bleu_targets=[20]),
                  ThroughputCallback(peak_flops_per_device=1e9), GpuStatsCallback(),
-                 SpyResults(output_dir=str(tmp_path))]
+                 SpyResults(output_dir=str(tmp_path)), RankMetrics(str(tmp_path))]
     trainer = L.Trainer(callbacks=callbacks, accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, val_check_interval=3,
                         log_every_n_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=str(tmp_path))
@@ -101,3 +131,9 @@ def test_ddp_only_rank_zero_writes(tmp_path):
     assert r["device_hours"] == pytest.approx(2 * r["train_hours"])
     assert r["tokens_per_sec_per_device"] == pytest.approx(r["tokens_per_sec"] / 2)
     assert r["val_curve"] and r["val_curve"][0]["step"] == 3
+    # each rank decodes half of the validation set; both log the paper BLEU of all of it
+    values = {p.name: float(p.read_text()) for p in tmp_path.glob("paper_bleu_rank*")}
+    assert set(values) == {"paper_bleu_rank0", "paper_bleu_rank1"}
+    assert values["paper_bleu_rank0"] == values["paper_bleu_rank1"] == pytest.approx(r["val_curve"][0]["paper_bleu"])
+    hyps = TinyModule(CFG).translate({"ids": torch.arange(len(REFS))})
+    assert values["paper_bleu_rank0"] == pytest.approx(paper_bleu(hyps, REFS)["score"], abs=1e-4)  # float32 log

@@ -47,3 +47,51 @@ def test_resume_from_last_checkpoint_continues_step_count(tiny_cfg, tmp_path):
     train(cfg2)
     ckpt = torch.load(last, map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 18
+    # The LambdaLR schedule resumed at its step: the lr to use next is the formula's at step 19.
+    from nmtbench.config import from_mapping
+    from nmtbench.optim import OptimConfig, lr_at
+
+    assert ckpt["lr_schedulers"][0]["last_epoch"] == 18
+    optim_cfg = from_mapping(OptimConfig, cfg2.model.optim, "model.optim")
+    expected = lr_at(optim_cfg, 19, model_dim=cfg2.model.d_model)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_last_checkpoint_holds_the_final_step_when_training_stops_between_validations(tiny_cfg, tmp_path):
+    # Validation (and the top-k checkpoints) at step 6 only; training goes on to step 10.
+    cfg = tiny_cfg(TINY_TRANSFORMER + ["test=false", "trainer.max_steps=10"])
+    train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 10
+
+
+@pytest.mark.slow
+def test_test_weights_last_and_averaging_after_fit(tiny_cfg, tmp_path, caplog):
+    cfg = tiny_cfg(TINY_TRANSFORMER + ["test_weights=last", "average.last_n=2", "data.toy.num_test=8",
+                                       "callbacks.bleu.max_len_b=8"])
+    with caplog.at_level("INFO"):
+        metrics = train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    averaged = torch.load(ckpts / "averaged.ckpt", map_location="cpu", weights_only=False)
+    steps = sorted(torch.load(p, map_location="cpu", weights_only=False)["global_step"]
+                   for p in averaged["averaged_from"])
+    assert steps == [6, 12]  # the last two checkpoints by step (last.ckpt is step 12 too: counted once)
+    assert "test/bleu" in metrics
+    assert "Averaged 2 checkpoints" in caplog.text
+    from nmtbench.results_schema import load_results
+
+    results = load_results(tmp_path / "run" / "results.json")
+    assert [e["weights"] for e in results["test_evaluations"]] == ["last", "averaged"]
+    assert results["test_evaluations"][0]["global_step"] == 12
+    assert results["test_weights"] == "averaged"  # the top-level test fields are the average's
+    assert results["test_sacrebleu"] == results["test_evaluations"][1]["sacrebleu"]
+    assert results["test_ckpt_path"] == str(ckpts / "averaged.ckpt")
+
+
+def test_test_weights_must_be_best_or_last(tiny_cfg, tmp_path):
+    from nmtbench.errors import ConfigError
+    from nmtbench.train import checkpoint_to_test
+
+    with pytest.raises(ConfigError, match="test_weights"):
+        checkpoint_to_test(tiny_cfg(["test_weights=worst"]), trainer=None, output_dir=tmp_path)

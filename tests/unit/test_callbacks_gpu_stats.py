@@ -1,5 +1,6 @@
 """GpuStatsCallback with a fake NVML module: means per logging interval and over the run,
-the background thread, and turning off cleanly (one info line) without CUDA or NVML."""
+the background thread, and turning off cleanly (one info line) without CUDA or NVML.
+NVML's utilization.gpu is reported as kernel-active time (gpu/kernel_active_pct)."""
 
 from __future__ import annotations
 
@@ -87,15 +88,17 @@ def test_interval_and_run_means():
 
     (s1, m1), (s2, m2) = trainer.loggers[0].records
     assert (s1, s2) == (2, 4)
-    assert m1 == pytest.approx({"gpu/util": 60.0, "gpu/mem_gb": 3.0, "gpu/power_w": 150.0})
-    assert m2 == pytest.approx({"gpu/util": 60.0, "gpu/mem_gb": 7.0, "gpu/power_w": 350.0})
-    s = cb.summary()
-    assert s["gpu_util_mean"] == pytest.approx(60.0)
+    assert m1 == pytest.approx({"gpu/kernel_active_pct": 60.0, "gpu/mem_gb": 3.0, "gpu/power_w": 150.0})
+    assert m2 == pytest.approx({"gpu/kernel_active_pct": 60.0, "gpu/mem_gb": 7.0, "gpu/power_w": 350.0})
+    s, reasons = cb.summary()
+    assert reasons == {}
+    assert s["gpu_kernel_active_pct_mean"] == pytest.approx(60.0)
+    assert s["gpu_util_mean"] == s["gpu_kernel_active_pct_mean"]  # the schema 1.0 name, kept until 2.0
     assert s["gpu_mem_gb_mean"] == pytest.approx(5.0) and s["gpu_mem_gb_max"] == pytest.approx(8.0)
     assert s["gpu_power_w_mean"] == pytest.approx(250.0)
-    assert s["gpu_per_device"] == [{"rank": 0, "name": "NVIDIA H100 80GB HBM3", "util_mean": 60.0,
+    assert s["gpu_per_device"] == [{"rank": 0, "name": "NVIDIA H100 80GB HBM3", "kernel_active_pct_mean": 60.0,
                                     "mem_gb_mean": 5.0, "mem_gb_max": 8.0, "power_w_mean": 250.0,
-                                    "num_samples": 4}]
+                                    "num_samples": 4, "util_mean": 60.0}]
 
 
 def test_missing_power_reading_is_skipped():
@@ -104,7 +107,7 @@ def test_missing_power_reading_is_skipped():
     cb = GpuStatsCallback(nvml=nvml)
     cb.setup(fake_trainer(), None, "fit")
     cb.record(cb.sample())
-    assert cb.run_means()["power_w_mean"] is None and cb.run_means()["util_mean"] == 50.0
+    assert cb.run_means()["power_w_mean"] is None and cb.run_means()["kernel_active_pct_mean"] == 50.0
 
 
 def test_background_thread_samples():
@@ -135,7 +138,9 @@ def test_turns_off_without_cuda(caplog):
     cb.teardown(trainer, None, "fit")
     assert not cb.enabled and not nvml.initialised and cb._thread is None
     assert trainer.loggers[0].records == []
-    assert cb.summary()["gpu_util_mean"] is None and cb.summary()["gpu_per_device"] == []
+    fields, reasons = cb.summary()
+    assert fields["gpu_kernel_active_pct_mean"] is None and fields["gpu_per_device"] == []
+    assert reasons["gpu_kernel_active_pct_mean"] == reasons["gpu_util_mean"] == "no NVIDIA GPU (running on cpu)"
     lines = [r.getMessage() for r in caplog.records if "GpuStatsCallback" in r.getMessage()]
     assert lines == ["GpuStatsCallback off: no NVIDIA GPU (running on cpu)."]
 
@@ -174,5 +179,16 @@ def test_picklable_for_ddp_spawn():
     cb = GpuStatsCallback(interval_s=0.5)
     clone = pickle.loads(pickle.dumps(cb))
     assert clone.interval_s == 0.5 and clone._thread is None
-    clone.record({"util": 1.0, "mem_gb": 1.0, "power_w": 1.0})  # the lock was recreated
+    clone.record({"kernel_active_pct": 1.0, "mem_gb": 1.0, "power_w": 1.0})  # the lock was recreated
     assert clone.run_means()["num_samples"] == 1
+
+
+def test_no_samples_and_test_only_reasons():
+    cb = GpuStatsCallback(interval_s=30.0, nvml=FakeNVML())
+    fields, reasons = cb.summary()  # no fit in this process
+    assert fields["gpu_mem_gb_mean"] is None and "test only" in reasons["gpu_mem_gb_mean"]
+    trainer = fake_trainer()
+    cb.setup(trainer, None, "fit")
+    cb.on_train_end(trainer, None)  # training ended before the first sample
+    fields, reasons = cb.summary()
+    assert fields["gpu_per_device"] == [] and "interval_s=30.0" in reasons["gpu_kernel_active_pct_mean"]

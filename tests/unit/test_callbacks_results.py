@@ -1,6 +1,7 @@
 """ResultsCallback + validate_results: a real (tiny, fake-model) Lightning fit and test on CPU
 writes a results.json that validates, with GPU fields null and a reason; only rank zero
-writes; the validator catches schema and null-reason violations.
+writes; the validator catches schema and null-reason violations; each trainer.test() is one
+test evaluation recording its weights, and an averaged checkpoint's scores win.
 
 The fakes here (a 2-layer "model" with `flops_per_batch`, dict batches, `raw_text`) are
 also used by test_callbacks_throughput.py.
@@ -20,9 +21,11 @@ from torch.utils.data import DataLoader
 
 from nmtbench.callbacks.bleu import BleuCallback
 from nmtbench.callbacks.gpu_stats import GpuStatsCallback
-from nmtbench.callbacks.results import ResultsCallback, config_digest, validate_results
+from nmtbench.callbacks.results import ResultsCallback, config_digest
 from nmtbench.callbacks.throughput import ThroughputCallback
 from nmtbench.callbacks.wallclock import WallClockCallback
+from nmtbench.checkpoints import save_averaged
+from nmtbench.results_schema import load_results, validate_results
 
 VOCAB, PAD = 16, 0
 REFS = ["eins zwei drei vier fünf", "sechs sieben acht neun zehn", "a b c d e f", "g h i j k l"]
@@ -65,12 +68,15 @@ class TinyModel(nn.Module):
 
 
 class TinyModule(L.LightningModule):
+    """Translates sentence i of REFS exactly when i < quality x len(REFS) (a saved buffer)."""
+
     pad_id = PAD
 
     def __init__(self, cfg: dict | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = TinyModel()
+        self.register_buffer("quality", torch.tensor(0.5))
 
     @property
     def num_parameters(self) -> int:
@@ -87,7 +93,8 @@ class TinyModule(L.LightningModule):
         return None
 
     def translate(self, batch, beam_size=1, length_penalty=0.6, max_len_b=50):
-        return [REFS[i] if i % 2 == 0 else "falsch " + REFS[i] for i in batch["ids"].tolist()]
+        good = float(self.quality) * len(REFS)
+        return [REFS[i] if i < good else "falsch " + REFS[i] for i in batch["ids"].tolist()]
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -167,7 +174,7 @@ def test_fit_and_test_write_valid_results(tmp_path, caplog):
     r = json.loads(path.read_text())
     assert validate_results(r) == [], validate_results(r)
     assert r["stages"] == ["fit", "test"]
-    assert r["schema_version"] == "1.0"
+    assert r["schema_version"] == "1.1"
     assert r["config_digest"] == config_digest(CFG)
     assert r["model_name"] == "tiny" and r["num_parameters"] == module.num_parameters
     assert r["data_source"] == "toy" and r["src_lang"] == "en" and "toy" in r["data_description"]
@@ -180,8 +187,11 @@ def test_fit_and_test_write_valid_results(tmp_path, caplog):
     assert r["mfu"] == pytest.approx(r["train_flops"] / (r["train_hours_excl_val"] * 3600 * 1e9), rel=1e-6)
     assert r["tokens_per_sec"] == pytest.approx(expected_tokens / (r["train_hours_excl_val"] * 3600), rel=1e-6)
     assert 0 < r["train_hours_excl_val"] <= r["train_hours"] and r["device_hours"] == r["train_hours"]
+    # one clock: rates are the totals over WallClockCallback's training time excluding validation
+    assert r["tokens_per_sec"] * r["train_hours_excl_val"] * 3600 == pytest.approx(expected_tokens, rel=1e-12)
     # GPU: null with a reason on a CPU run
-    for key in ("gpu_util_mean", "gpu_mem_gb_mean", "gpu_mem_gb_max", "gpu_power_w_mean", "gpu_hours"):
+    for key in ("gpu_kernel_active_pct_mean", "gpu_util_mean", "gpu_mem_gb_mean", "gpu_mem_gb_max",
+                "gpu_power_w_mean", "gpu_hours"):
         assert r[key] is None and r["null_reasons"][key]
     assert "no NVIDIA GPU" in r["null_reasons"]["gpu_util_mean"]
     assert r["gpu_per_device"] == []
@@ -189,14 +199,25 @@ def test_fit_and_test_write_valid_results(tmp_path, caplog):
     assert [p["step"] for p in r["val_curve"]] == [4, 8]
     assert r["best_val_bleu"] == pytest.approx(r["val_curve"][0]["bleu"])
     assert r["best_val_bleu_step"] == 4
+    assert r["best_val_paper_bleu"] == pytest.approx(r["val_curve"][0]["paper_bleu"]) and r["best_val_paper_bleu"] > 0
     assert r["time_to_bleu"][0]["reached"] and r["time_to_bleu"][0]["step"] == 4
-    assert not r["time_to_bleu"][1]["reached"]
+    assert r["time_to_bleu"][0]["metric"] == "val/bleu" and not r["time_to_bleu"][1]["reached"]
+    # the curve is flat: 90/95/99 % of the best are all first reached at the first validation
+    assert [(f["fraction"], f["step"], f["metric"]) for f in r["time_to_fraction_of_best"]] == [
+        (0.9, 4, "val/bleu"), (0.95, 4, "val/bleu"), (0.99, 4, "val/bleu")]
     assert r["test_sacrebleu"] == pytest.approx(r["last_val_bleu"], abs=1e-3)
     assert r["test_beam_size"] == 1 and r["test_num_sentences"] == len(REFS)
     assert "nrefs:1" in r["test_sacrebleu_signature"]
+    # no checkpoint given to trainer.test: the current weights
+    (evaluation,) = r["test_evaluations"]
+    assert evaluation["weights"] == r["test_weights"] == "current" and evaluation["global_step"] == 8
+    assert evaluation["sacrebleu"] == r["test_sacrebleu"] and evaluation["paper_bleu"] == r["test_paper_bleu"]
+    assert r["test_ckpt_path"] is None and "current" in r["null_reasons"]["test_ckpt_path"]
+    assert r["test_averaged_from"] is None and "not an average" in r["null_reasons"]["test_averaged_from"]
     # logged scalars
     keys = trainer.logger.keys()
     assert {"time/train_hours", "time/to_bleu_20", "perf/tokens_per_sec", "perf/mfu"} <= keys
+    assert {"val/bleu", "val/paper_bleu"} <= keys
     assert not any(k.startswith("gpu/") for k in keys)
     assert sum("GpuStatsCallback off" in m for m in caplog.messages) == 1
 
@@ -214,6 +235,13 @@ def test_test_only_run_updates_the_existing_file(tmp_path):
     assert r["stages"] == ["fit", "test"]
     assert r["tokens_seen"] == fit_results["tokens_seen"] and r["val_curve"] == fit_results["val_curve"]
     assert r["test_sacrebleu"] is not None and "test_sacrebleu" not in r["null_reasons"]
+    assert [e["weights"] for e in r["test_evaluations"]] == ["current"]
+    # a second test in the same process adds one evaluation (the file is read once, not re-merged)
+    module.quality.fill_(1.0)
+    tester.test(module, datamodule=data)
+    r = load_results(tmp_path / "results.json")
+    assert len(r["test_evaluations"]) == 2 and r["test_sacrebleu"] == pytest.approx(100.0)
+    assert r["tokens_seen"] == fit_results["tokens_seen"]
 
 
 def test_disabled_callbacks_give_reasons(tmp_path):
@@ -224,9 +252,11 @@ def test_disabled_callbacks_give_reasons(tmp_path):
     assert r["experiment"] == "unit_exp"
     assert "callbacks.wallclock=null" in r["null_reasons"]["train_hours"]
     assert "callbacks.throughput=null" in r["null_reasons"]["tokens_per_sec"]
-    assert "callbacks.gpu_stats=null" in r["null_reasons"]["gpu_util_mean"]
+    assert "callbacks.gpu_stats=null" in r["null_reasons"]["gpu_kernel_active_pct_mean"]
     assert "callbacks.bleu=null" in r["null_reasons"]["best_val_bleu"]
-    assert r["time_to_bleu"] == [] and r["val_curve"] == []
+    assert "callbacks.bleu=null" in r["null_reasons"]["test_weights"]
+    assert r["time_to_bleu"] == [] and r["val_curve"] == [] and r["time_to_fraction_of_best"] == []
+    assert r["test_evaluations"] == []
 
 
 def test_only_rank_zero_writes(tmp_path):
@@ -250,7 +280,9 @@ def test_validator_catches_problems(tmp_path):
     bad = dict(good, num_parameters="12")
     assert any("num_parameters" in p for p in validate_results(bad))
     bad = {k: v for k, v in good.items() if k != "mfu"}
-    assert any("mfu: missing" in p for p in validate_results(bad))
+    assert "$.mfu: missing" in validate_results(bad)
+    bad = dict(good, time_to_fraction_of_best=[{"fraction": 0.9, "metric": "val/loss"}])
+    assert any("time_to_fraction_of_best[0]" in p for p in validate_results(bad))
     bad = dict(good, schema_version="2.0")
     assert any("schema_version" in p for p in validate_results(bad))
     bad = dict(good, val_curve=[{"step": 1, "hours": 0.1, "bleu": 3.0}])
@@ -285,3 +317,42 @@ def test_resumed_fit_continues_totals_and_curve(tmp_path):
     assert resumed["tokens_seen"] == 2 * first["tokens_seen"]
     assert resumed["train_hours"] > first["train_hours"]
     assert resumed["time_to_bleu"][0]["step"] == 4  # reached before the resume
+
+
+def test_best_then_averaged_checkpoint(tmp_path):
+    """Two trainer.test() calls (the best checkpoint, then an averaged file) give two
+    test evaluations, and the averaged one fills the top-level test fields."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/bleu", mode="max", save_top_k=1)
+    trainer = tiny_trainer(tmp_path, measurement_callbacks() + [ckpt], enable_checkpointing=True)
+    module, data = TinyModule(CFG), TinyData()
+    trainer.fit(module, datamodule=data)
+    trainer.test(module, datamodule=data, ckpt_path="best")
+
+    # two checkpoints whose weights differ; their average translates 3 of 4 sentences exactly
+    parts = [tmp_path / "a.ckpt", tmp_path / "b.ckpt"]
+    for quality, path in zip((1.0, 0.5), parts):
+        module.quality.fill_(quality)
+        trainer.save_checkpoint(path)
+    averaged = save_averaged(parts, tmp_path / "ckpt" / "averaged.ckpt")
+    trainer.test(module, datamodule=data, ckpt_path=str(averaged))
+
+    r = load_results(tmp_path / "results.json")
+    best, avg = r["test_evaluations"]
+    assert (best["weights"], avg["weights"]) == ("best", "averaged")
+    assert best["ckpt_path"] == ckpt.best_model_path and best["global_step"] == 4  # both validations tie
+    assert best["averaged_from"] is None
+    assert avg["ckpt_path"] == str(averaged) and avg["averaged_from"] == [str(p) for p in parts]
+    assert avg["global_step"] == 8
+    assert avg["sacrebleu"] > best["sacrebleu"]
+    assert r["test_weights"] == "averaged" and r["test_ckpt_path"] == str(averaged)
+    assert r["test_averaged_from"] == [str(p) for p in parts]
+    assert r["test_sacrebleu"] == avg["sacrebleu"] and r["test_paper_bleu"] == avg["paper_bleu"]
+    assert "test_ckpt_path" not in r["null_reasons"] and "test_averaged_from" not in r["null_reasons"]
+
+    # a later test of other weights does not displace the averaged evaluation
+    trainer.test(module, datamodule=data, ckpt_path=str(parts[0]))
+    r = load_results(tmp_path / "results.json")
+    assert [e["weights"] for e in r["test_evaluations"]] == ["best", "averaged", "checkpoint"]
+    assert r["test_weights"] == "averaged" and r["test_sacrebleu"] == avg["sacrebleu"]

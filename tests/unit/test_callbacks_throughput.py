@@ -1,5 +1,6 @@
 """Peak FLOP/s table lookup, MFU arithmetic, and ThroughputCallback's token counts and
-perf/* scalars on a tiny CPU fit (fake model, see test_callbacks_results.py)."""
+perf/* scalars on a tiny CPU fit (fake model, see test_callbacks_results.py); its time is
+WallClockCallback's clock."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from nmtbench.callbacks.throughput import ThroughputCallback
+from nmtbench.callbacks.wallclock import WallClockCallback
 from nmtbench.flops import (
     chip_key,
     compute_dtype,
@@ -96,19 +98,21 @@ def test_window_size_is_checked():
 
 
 def test_token_counts_and_perf_scalars(tmp_path):
-    cb = ThroughputCallback(peak_flops_per_device=1e9)
-    trainer = tiny_trainer(tmp_path, [cb], max_steps=6, limit_val_batches=0)
+    clock, cb = WallClockCallback(), ThroughputCallback(peak_flops_per_device=1e9)
+    trainer = tiny_trainer(tmp_path, [clock, cb], max_steps=6, limit_val_batches=0)
     trainer.fit(TinyModule(), datamodule=TinyData())
     seen = (TRAIN_BATCHES * 4)[:6]
     tokens = sum(batch_tokens(b)[0] for b in seen)
     tgt = sum(batch_tokens(b)[1] for b in seen)
-    s = cb.summary()
+    s, reasons = cb.summary()
+    assert reasons == {}
     assert (s["tokens_seen"], s["tgt_tokens_seen"]) == (tokens, tgt)
     assert s["sentences_seen"] == sum(len(b["ids"]) for b in seen)
     assert s["train_flops"] == pytest.approx(FLOPS_PER_TOKEN * tokens)
-    assert s["tokens_per_sec"] == pytest.approx(tokens / s["train_seconds_excl_val"])
+    seconds = clock.train_seconds_excl_val()  # the one clock
+    assert s["tokens_per_sec"] == pytest.approx(tokens / seconds, rel=1e-12)
     assert s["tokens_per_sec_per_device"] == s["tokens_per_sec"]  # world_size 1
-    assert s["mfu"] == pytest.approx(s["train_flops"] / s["train_seconds_excl_val"] / 1e9)
+    assert s["mfu"] == pytest.approx(s["train_flops"] / seconds / 1e9, rel=1e-12)
 
     logged = [(step, m) for step, m in trainer.logger.records if "perf/tokens_per_sec" in m]
     assert [step for step, _ in logged] == [2, 4, 6]  # every log_every_n_steps=2
@@ -123,18 +127,35 @@ def test_token_counts_and_perf_scalars(tmp_path):
 
 def test_gradient_accumulation_counts_every_micro_batch(tmp_path):
     cb = ThroughputCallback(peak_flops_per_device=1e9)
-    trainer = tiny_trainer(tmp_path, [cb], max_steps=3, limit_val_batches=0, accumulate_grad_batches=2)
+    trainer = tiny_trainer(tmp_path, [WallClockCallback(), cb], max_steps=3, limit_val_batches=0,
+                           accumulate_grad_batches=2)
     trainer.fit(TinyModule(), datamodule=TinyData())
     tokens = sum(batch_tokens(b)[0] for b in (TRAIN_BATCHES * 4)[:6])
-    assert cb.summary()["tokens_seen"] == tokens
+    assert cb.summary()[0]["tokens_seen"] == tokens
+
+
+def test_without_wallclock_counts_but_no_rates(tmp_path):
+    cb = ThroughputCallback(peak_flops_per_device=1e9)
+    trainer = tiny_trainer(tmp_path, [cb], max_steps=4, limit_val_batches=0)
+    trainer.fit(TinyModule(), datamodule=TinyData())
+    s, reasons = cb.summary()
+    assert s["tokens_seen"] == sum(batch_tokens(b)[0] for b in (TRAIN_BATCHES * 4)[:4])
+    for key in ("tokens_per_sec", "tgt_tokens_per_sec", "tokens_per_sec_per_device", "mfu"):
+        assert s[key] is None and "callbacks.wallclock=null" in reasons[key]
+    assert not any("perf/tokens_per_sec" in m for _, m in trainer.logger.records)
 
 
 def test_resume_state_applies_only_when_fit_resumes():
     cb = ThroughputCallback()
-    cb.tokens, cb.tgt_tokens, cb.sentences, cb.batches, cb.flops, cb.train_seconds = 100, 40, 10, 3, 5e5, 2.0
-    resumed = ThroughputCallback(clock=lambda: 0.0)
+    cb.tokens, cb.tgt_tokens, cb.sentences, cb.batches, cb.flops = 100, 40, 10, 3, 5e5
+    clock = WallClockCallback(clock=lambda: 0.0)
+    clock.load_state_dict({"train_seconds": 3.0, "val_seconds": 1.0, "device_seconds": 3.0})
+    clock.on_train_start(None, None)
+    resumed = ThroughputCallback()
+    resumed.wallclock = clock
     resumed.load_state_dict(cb.state_dict())
-    assert resumed.summary()["tokens_seen"] == 0  # trainer.test(ckpt_path=...) restores too: ignored
+    assert resumed.summary()[0]["tokens_seen"] is None  # trainer.test(ckpt_path=...) restores too: ignored
     resumed.on_train_start(None, None)  # a resumed fit applies it
-    assert resumed.summary()["tokens_seen"] == 100
-    assert resumed.summary()["tokens_per_sec"] == pytest.approx(50.0)
+    fields, _ = resumed.summary()
+    assert fields["tokens_seen"] == 100 and fields["train_flops"] == 5e5
+    assert fields["tokens_per_sec"] == pytest.approx(50.0)  # 100 tokens / (3 - 1) s of training

@@ -109,3 +109,70 @@ def test_unknown_data_key_is_rejected_by_name():
     cfg = compose_config(["+data.max_token=10"])
     with pytest.raises(ConfigError, match=r"data\.max_token"):
         from_mapping(DataConfig, OmegaConf.to_container(cfg.data, resolve=False), "data")
+
+
+def _schema_defaults() -> dict[str, dict]:
+    from nmtbench.schema import LSTMModelConfig, TransformerModelConfig, structured
+
+    return {"_transformer": OmegaConf.to_container(structured(TransformerModelConfig)),
+            "_lstm": OmegaConf.to_container(structured(LSTMModelConfig)),
+            "_schema": OmegaConf.to_container(structured(DataConfig))}
+
+
+def _repeats(values: dict, defaults: dict, path: str) -> list[str]:
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            out += _repeats(value, defaults[key], f"{path}.{key}")
+        elif key in defaults and defaults[key] == value:
+            out.append(f"{path}.{key}")
+    return out
+
+
+@pytest.mark.parametrize("group", ["model", "data"])
+def test_model_and_data_yaml_only_override_their_schema(group):
+    """One source of truth: a value in configs/model/*.yaml or configs/data/*.yaml differs from
+    its schema's default (the dataclass field, cited there), and every file names a schema."""
+    schemas = _schema_defaults()
+    for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
+        raw = OmegaConf.to_container(OmegaConf.load(path))
+        schema = next(d.split("@")[0] for d in raw.pop("defaults") if str(d).startswith("_"))
+        values = raw.get("model", {}) if "trainer" in raw else raw  # lstm_*: @package _global_
+        assert _repeats(values, schemas[schema], group) == [], path.name
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_cfg_job_shows_every_model_value(model):
+    """The composed `model:` holds every schema field (what `--cfg job` prints)."""
+    from dataclasses import fields
+
+    from nmtbench.models import TRAINING_KEYS
+    from nmtbench.models.lstm import LSTMConfig
+    from nmtbench.models.transformer import TransformerConfig
+
+    m = compose_config([f"model={model}"]).model
+    arch = TransformerConfig if m.name == "transformer" else LSTMConfig
+    assert set(m) == set(TRAINING_KEYS) | {f.name for f in fields(arch)}
+    assert set(m.optim) == {f.name for f in fields(OptimConfig)}
+
+
+def test_mistyped_override_values_fail_while_composing():
+    with pytest.raises(ConfigCompositionException, match="d_model"):
+        compose_config(["model.d_model=abc"])
+    with pytest.raises(ConfigCompositionException, match="max_tokens"):
+        compose_config(["data.max_tokens=lots"])
+
+
+def test_callbacks_default_lists_every_bleu_argument():
+    """Every BleuCallback argument (e.g. the experiments' test_beam_size, length_penalty,
+    max_len_b) is in callbacks/default.yaml, so it can be overridden without `+`."""
+    import inspect
+
+    from nmtbench.callbacks.bleu import BleuCallback
+
+    params = set(inspect.signature(BleuCallback.__init__).parameters) - {"self"}
+    listed = set(compose_config([]).callbacks.bleu) - {"_target_"}
+    assert listed == params
+    for experiment in EXPERIMENTS:
+        raw = OmegaConf.load(CONFIG_DIR / "experiment" / f"{experiment}.yaml")
+        assert set(OmegaConf.select(raw, "callbacks.bleu") or {}) <= listed, experiment

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.utils.flop_counter import FlopCounterMode
 
 from nmtbench.config import from_mapping
@@ -17,8 +15,9 @@ from nmtbench.models import build_model, model_config
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq, reverse_source
 from nmtbench.optim import OptimConfig
 
+from ..conftest import compose_config
+
 PAD, EOS, V = 0, 3, 40
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # (attention, attention_score, input_feeding): every score family in both decoder modes.
 VARIANTS = [
@@ -206,7 +205,7 @@ def test_flops_match_the_flop_counter(attention, score, feeding):
 
 
 def _paper_model(name: str) -> LSTMSeq2Seq:
-    cfg = OmegaConf.load(CONFIGS / "model" / f"{name}.yaml")
+    cfg = compose_config([f"model={name}"]).model
     with torch.device("meta"):  # 200M+ parameters without allocating them
         return build_model(cfg, vocab_size=50_000, pad_id=PAD)
 
@@ -237,23 +236,25 @@ def test_paper_parameter_counts():
 
 def test_paper_configs_and_presets_are_valid():
     optim_keys = {"name", "lr", "betas", "eps", "weight_decay", "schedule", "warmup_steps",
-                  "grad_clip", "decay_start_epoch", "decay_factor"}
+                  "decay_start_epoch", "decay_factor"}
     for name, attention in (("lstm_seq2seq", "none"), ("lstm_attention", "luong")):
-        cfg = OmegaConf.load(CONFIGS / "model" / f"{name}.yaml")
+        composed = compose_config([f"model={name}"])
+        cfg = composed.model
         assert cfg.name == "lstm" and cfg.label_smoothing == 0.0
         assert set(cfg.optim) == optim_keys
+        assert composed.trainer.gradient_clip_val == 5.0  # "rescaled whenever its norm exceeds 5"
         optim = from_mapping(OptimConfig, cfg.optim, "model.optim")
         assert (optim.name, optim.lr, optim.schedule) == ("sgd", 1.0, "halving")
-        assert (optim.grad_clip, optim.decay_start_epoch, optim.decay_factor) == (5.0, 9, 0.5)
+        assert (optim.decay_start_epoch, optim.decay_factor) == (9, 0.5)
         arch = model_config(cfg)
         assert (arch.num_layers, arch.hidden_size, arch.embed_dim) == (4, 1000, 1000)
         assert arch.dropout == 0.2
         assert arch.attention == attention and arch.reverse_source and arch.init_range == 0.1
         for size in ("smoke", "mini"):
-            preset_file = CONFIGS / "model_size" / size / f"{name}.yaml"
-            preset = OmegaConf.merge(cfg, OmegaConf.load(preset_file))
-            assert model_config(preset).attention == attention
-            assert from_mapping(OptimConfig, preset.optim, "model.optim").name == "adam"
+            preset = compose_config([f"model={name}", f"size={size}"])
+            assert model_config(preset.model).attention == attention
+            assert from_mapping(OptimConfig, preset.model.optim, "model.optim").name == "adam"
+            assert preset.trainer.gradient_clip_val == 5.0
 
 
 def test_config_errors_name_the_key():

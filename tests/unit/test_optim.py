@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nmtbench.errors import ConfigError
-from nmtbench.optim import OptimConfig, ScheduledLR, build_optimizer, lr_at
+from nmtbench.optim import OptimConfig, build_optimizer, build_scheduler, lr_at
 
 
 def test_inverse_sqrt_matches_paper_formula_at_key_steps():
@@ -31,7 +31,8 @@ def test_scheduler_sets_lr_per_optimizer_step():
     p = torch.nn.Parameter(torch.zeros(1))
     cfg = OptimConfig(warmup_steps=10)
     opt = build_optimizer(cfg, [p])
-    sched = ScheduledLR(opt, cfg, model_dim=64)
+    sched = build_scheduler(opt, cfg, model_dim=64)
+    assert isinstance(sched, torch.optim.lr_scheduler.LambdaLR)
     seen = []
     for _ in range(20):
         seen.append(opt.param_groups[0]["lr"])
@@ -46,3 +47,52 @@ def test_scheduler_sets_lr_per_optimizer_step():
 def test_bad_optimizer_name_is_rejected():
     with pytest.raises(ConfigError, match="model.optim.name"):
         OptimConfig(name="adamw2")
+
+
+def _run(cfg, steps, steps_per_epoch, state=None, start=0):
+    """(lrs used at steps start+1..steps, states) of an optimizer + scheduler; `state` resumes."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer(cfg, [p])
+    step = {"n": start}
+    sched = build_scheduler(opt, cfg, model_dim=64, epoch_fn=lambda: step["n"] // steps_per_epoch)
+    if state is not None:
+        opt.load_state_dict(state[0])
+        sched.load_state_dict(state[1])
+    lrs = []
+    while step["n"] < steps:
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        step["n"] += 1
+        sched.step()
+    return lrs, (opt.state_dict(), sched.state_dict())
+
+
+@pytest.mark.parametrize("cfg", [
+    OptimConfig(warmup_steps=10),
+    OptimConfig(name="sgd", lr=1.0, schedule="halving", decay_start_epoch=2),
+    OptimConfig(name="adam", lr=1e-3, schedule="constant", warmup_steps=7),
+])
+def test_resumed_schedule_continues_exactly(cfg):
+    """Stop after 13 steps, restore optimizer + scheduler state in fresh objects, go on:
+    the lrs equal an uninterrupted run's, which equal lr_at at every step."""
+    full, _ = _run(cfg, 30, steps_per_epoch=5)
+    first, state = _run(cfg, 13, steps_per_epoch=5)
+    rest, _ = _run(cfg, 30, steps_per_epoch=5, state=state, start=13)
+    assert first + rest == full
+    # step s (1-based) runs in epoch (s - 1) // 5
+    assert full == pytest.approx([lr_at(cfg, s, (s - 1) // 5, 64) for s in range(1, 31)])
+
+
+def test_lr_must_be_positive():
+    with pytest.raises(ConfigError, match="model.optim.lr"):
+        OptimConfig(lr=0.0)
+
+
+def test_an_older_checkpoints_grad_clip_is_dropped_other_unknown_keys_fail(caplog):
+    from nmtbench.optim import load_optim_config
+
+    with caplog.at_level("WARNING"):
+        cfg = load_optim_config({"name": "sgd", "lr": 1.0, "schedule": "halving", "grad_clip": 5.0})
+    assert (cfg.name, cfg.schedule) == ("sgd", "halving") and "trainer.gradient_clip_val" in caplog.text
+    with pytest.raises(ConfigError, match=r"model\.optim\.warmup"):
+        load_optim_config({"warmup": 10})

@@ -110,3 +110,32 @@ def test_write_toy_writes_prefix_files_once(tmp_path):
     assert write_toy(SMALL, str(tmp_path), prefixes) == directory
     assert os.stat(os.path.join(directory, "train.en")).st_mtime_ns == mtime
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+
+
+# sha256 over the six text files write_toy produces for ToyConfig() (the smoke task's data),
+# each as "<name>\n" + bytes, in sorted order. Measured before the word lists moved from
+# toy.py to toy_lexicon.yaml and after: the move changed no byte. A change of the lexicon or
+# the grammar changes it: then bump GENERATOR_VERSION (new cache key) and this digest.
+TOY_TEXT_SHA256 = "37d56be071c49a23f718d4b3aa312d139317b5269edb3760119e0eece2a64dd6"
+
+
+def test_default_toy_text_is_pinned(tmp_path):
+    import hashlib
+    from pathlib import Path
+
+    out = Path(write_toy(ToyConfig(), str(tmp_path), {"train": "train", "valid": "valid", "test": "test"}))
+    digest = hashlib.sha256()
+    for path in sorted(p for p in out.iterdir() if p.suffix in (".en", ".de")):
+        digest.update(path.name.encode() + b"\n" + path.read_bytes())
+    assert digest.hexdigest() == TOY_TEXT_SHA256
+
+
+def test_lexicon_is_package_data_with_every_list():
+    from importlib import resources
+
+    from nmtbench.data.toy import LEXICON, LEXICON_FILE
+
+    assert resources.files("nmtbench.data").joinpath(LEXICON_FILE).is_file()
+    assert (len(LEXICON.nouns), len(LEXICON.verbs), len(LEXICON.adjectives)) == (69, 40, 30)
+    assert all(len(v) == 6 for v in LEXICON.clause_verbs) and len(LEXICON.modals[0]) == 4
+    assert {p[2] for p in LEXICON.prepositions} == {"acc", "dat"}

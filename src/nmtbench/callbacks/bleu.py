@@ -1,38 +1,133 @@
-"""BleuCallback: detokenized sacreBLEU of the validation and test splits.
+"""BleuCallback: BLEU of the validation and test splits, and which weights each test used.
 
 Validation: each batch is decoded (greedy by default) and scored against the original
-reference lines (`datamodule.raw_text("valid")`) with torchmetrics' `SacreBLEUScore`,
-whose n-gram statistics are summed across DDP ranks before BLEU is computed, so `val/bleu`
-is the BLEU of the whole gathered corpus, not an average of per-rank BLEU. It is logged
-on sacrebleu's 0-100 scale (torchmetrics returns 0-1).
+reference lines (`datamodule.raw_text("valid")`) two ways, both on the whole corpus of all
+ranks (every rank logs the same value):
+- `val/bleu`: detokenized sacreBLEU through torchmetrics' `SacreBLEUScore`, whose n-gram
+  statistics are summed across DDP ranks (0-100; torchmetrics returns 0-1);
+- `val/paper_bleu`: the papers' tokenized, compound-split BLEU (`nmtbench.scoring`) of the
+  same hypotheses; each rank tokenizes its own and the BLEU statistics are summed.
 
 Test: beam search (beam 4, length penalty 0.6 by default). Hypotheses are gathered on
 rank zero in test order and scored with sacrebleu (score + signature), chrF and
-paper-style tokenized BLEU; the result is kept in `test_scores` for other callbacks.
+paper-style tokenized BLEU. Each `trainer.test()` adds one record to `test_evaluations`
+with the weights it used: `trainer.ckpt_path` at test start (none = the current weights),
+and whether that file is the best or last checkpoint of ModelCheckpoint or an average
+(`averaged_from` in the file, written by `nmtbench.checkpoints.save_averaged`).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch.distributed as dist
+import torch
 from torchmetrics.text import SacreBLEUScore
+
+from nmtbench.callbacks.common import (
+    Fields,
+    MeasurementCallback,
+    Summary,
+    gather_objects,
+    reduce_sum,
+)
+from nmtbench.scoring import paper_bleu_from_statistics, paper_bleu_statistics, paper_tokenize
 
 log = logging.getLogger(__name__)
 
+# results.json top-level key -> key of a test_evaluations record
+TEST_FIELDS = {
+    "test_sacrebleu": "sacrebleu",
+    "test_sacrebleu_signature": "signature",
+    "test_paper_bleu": "paper_bleu",
+    "test_paper_bleu_signature": "paper_bleu_signature",
+    "test_chrf": "chrf",
+    "test_chrf_signature": "chrf_signature",
+    "test_beam_size": "beam_size",
+    "test_length_penalty": "length_penalty",
+    "test_num_sentences": "num_sentences",
+    "test_weights": "weights",
+    "test_ckpt_path": "ckpt_path",
+    "test_averaged_from": "averaged_from",
+}
 
-def _gather_objects(items: list[Any]) -> list[Any]:
-    """All items from every rank (concatenated); the input list when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return items
-    gathered: list[list[Any]] = [None] * dist.get_world_size()  # type: ignore[list-item]
-    dist.all_gather_object(gathered, items)
-    return [x for part in gathered for x in part]
+
+def _percent(score: float) -> float:
+    """A 0-100 score clipped to its range: float noise puts a perfect BLEU at 100.00000000000004."""
+    return min(max(float(score), 0.0), 100.0)
 
 
-class BleuCallback(L.Callback):
+def _checkpoint_meta(path: str) -> dict[str, Any]:
+    """`global_step` and `averaged_from` of a checkpoint file (memory-mapped: tensors are not read)."""
+    try:
+        try:
+            ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except RuntimeError:  # not the zip format: mmap is unsupported
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a remote path, a vanished file: record what is known
+        log.warning("Could not read %s to record which weights were tested: %s", path, err)
+        return {}
+    return {"global_step": ckpt.get("global_step"), "averaged_from": ckpt.get("averaged_from")}
+
+
+def which_weights(trainer: L.Trainer) -> dict[str, Any]:
+    """{weights, ckpt_path, averaged_from, global_step} of the weights this test uses.
+
+    weights: "averaged" (the file has `averaged_from`), "best" / "last" (ModelCheckpoint's best
+    or last file), "checkpoint" (another file) or "current" (no checkpoint: in-memory weights).
+    """
+    path = trainer.ckpt_path
+    if not path:
+        return {"weights": "current", "ckpt_path": None, "averaged_from": None,
+                "global_step": int(trainer.global_step)}
+    path = str(path)
+    meta = _checkpoint_meta(path)
+
+    def same(other: Any) -> bool:
+        return bool(other) and Path(str(other)).resolve() == Path(path).resolve()
+
+    callbacks = trainer.checkpoint_callbacks
+    if meta.get("averaged_from"):
+        weights = "averaged"
+    elif any(same(getattr(cb, "best_model_path", None)) for cb in callbacks):
+        weights = "best"
+    elif any(same(getattr(cb, "last_model_path", None)) for cb in callbacks) or Path(path).name.startswith("last"):
+        weights = "last"
+    else:
+        weights = "checkpoint"
+    averaged_from = meta.get("averaged_from")
+    step = meta.get("global_step")
+    return {"weights": weights, "ckpt_path": path,
+            "averaged_from": [str(p) for p in averaged_from] if averaged_from else None,
+            "global_step": int(step) if step is not None else None}
+
+
+def summarize_tests(evaluations: list[dict[str, Any]], reason: str) -> Summary:
+    """`test_evaluations` and the top-level test_* fields: those of the "averaged" evaluation
+    when there is one, else of the last one run."""
+    r = Fields()
+    chosen = next((e for e in reversed(evaluations) if e["weights"] == "averaged"),
+                  evaluations[-1] if evaluations else None)
+    for key, source in TEST_FIELDS.items():
+        if chosen is None:
+            r.put(key, None, reason)
+        elif source == "ckpt_path":
+            r.put(key, chosen[source], "the current (in-memory) weights were tested, not a checkpoint file")
+        elif source == "averaged_from":
+            r.put(key, chosen[source], f"the tested weights are not an average (test_weights={chosen['weights']})")
+        else:
+            r.put(key, chosen.get(source), "not recorded by the test")
+    r.put("test_evaluations", [dict(e) for e in evaluations])
+    return r.summary()
+
+
+class BleuCallback(MeasurementCallback):
+    CONFIG_NAME = "bleu"
+    SUMMARY_DEFAULTS = {"best_val_bleu": None, "best_val_bleu_step": None, "last_val_bleu": None,
+                        "best_val_paper_bleu": None, **dict.fromkeys(TEST_FIELDS), "test_evaluations": []}
+
     def __init__(self, beam_size: int = 1, max_sentences: int | None = None, num_examples: int = 4,
                  test_beam_size: int = 4, length_penalty: float = 0.6, max_len_b: int = 50):
         super().__init__()
@@ -43,10 +138,15 @@ class BleuCallback(L.Callback):
         self.length_penalty = length_penalty
         self.max_len_b = max_len_b
         self.best_bleu: float | None = None
+        self.best_bleu_step: int | None = None
         self.last_bleu: float | None = None
-        self.test_scores: dict[str, Any] | None = None
+        self.best_paper_bleu: float | None = None
+        self.evaluations: list[dict[str, Any]] = []  # one per trainer.test() (rank zero)
+        self._testing: dict[str, Any] = {}  # which_weights() of the running test
         self._metric = SacreBLEUScore(tokenize="13a")
         self._outputs: list[tuple[int, str]] = []
+        self._tok_refs: dict[tuple[str, int], str] = {}  # (split, id) -> paper-tokenized reference
+        self._resume_state: dict[str, Any] | None = None
 
     # -- shared --------------------------------------------------------------------------
     def _decode_batch(self, trainer, pl_module, batch, split: str, beam_size: int) -> None:
@@ -69,7 +169,30 @@ class BleuCallback(L.Callback):
         self._metric.reset()
         self._outputs = []
 
+    @staticmethod
+    def _lang(trainer) -> str:
+        return getattr(trainer.datamodule, "tgt_lang", "de")
+
+    def _paper_bleu(self, trainer) -> float:
+        """Paper BLEU of every rank's validation hypotheses (a collective: all ranks call it)."""
+        lang = self._lang(trainer)
+        _, refs = trainer.datamodule.raw_text("valid")
+        tok_refs = []
+        for i, _ in self._outputs:
+            if ("valid", i) not in self._tok_refs:
+                self._tok_refs["valid", i] = paper_tokenize(refs[i], lang)
+            tok_refs.append(self._tok_refs["valid", i])
+        stats = paper_bleu_statistics([paper_tokenize(h, lang) for _, h in self._outputs], tok_refs)
+        return _percent(paper_bleu_from_statistics(reduce_sum(trainer, stats)))
+
     # -- validation ------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        state, self._resume_state = self._resume_state, None
+        if state:
+            self.best_bleu = state.get("best_bleu")
+            self.best_bleu_step = state.get("best_bleu_step")
+            self.best_paper_bleu = state.get("best_paper_bleu")
+
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._reset(pl_module)
 
@@ -81,11 +204,16 @@ class BleuCallback(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        bleu = float(self._metric.compute()) * 100.0  # n-gram stats summed across ranks
+        bleu = _percent(float(self._metric.compute()) * 100.0)  # n-gram stats summed across ranks
+        paper = self._paper_bleu(trainer)
         self.last_bleu = bleu
-        self.best_bleu = bleu if self.best_bleu is None else max(self.best_bleu, bleu)
-        pl_module.log("val/bleu", bleu, sync_dist=True)  # equal on every rank; the mean keeps it
-        pl_module.log("val/best_bleu", self.best_bleu, sync_dist=True)  # equal on every rank; the mean keeps it
+        if self.best_bleu is None or bleu > self.best_bleu:
+            self.best_bleu, self.best_bleu_step = bleu, int(trainer.global_step)
+        self.best_paper_bleu = paper if self.best_paper_bleu is None else max(self.best_paper_bleu, paper)
+        # Equal on every rank; the mean of sync_dist keeps it.
+        pl_module.log("val/bleu", bleu, sync_dist=True)
+        pl_module.log("val/paper_bleu", paper, sync_dist=True)
+        pl_module.log("val/best_bleu", self.best_bleu, sync_dist=True)
         if trainer.is_global_zero and self.num_examples > 0:
             self._log_examples(trainer, sorted(self._outputs)[: self.num_examples])
 
@@ -99,6 +227,9 @@ class BleuCallback(L.Callback):
                 experiment.add_text("val/examples", text, global_step=trainer.global_step)
 
     # -- test --------------------------------------------------------------------------------
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._testing = which_weights(trainer) if trainer.is_global_zero else {}
+
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._reset(pl_module)
 
@@ -109,23 +240,42 @@ class BleuCallback(L.Callback):
         from nmtbench.scoring import corpus_scores
 
         bleu = float(self._metric.compute()) * 100.0
-        outputs = sorted(_gather_objects(self._outputs))
+        outputs = sorted(gather_objects(self._outputs))
         if trainer.is_global_zero:
             _, refs = trainer.datamodule.raw_text("test")
             hyps = [h for _, h in outputs]
-            tgt_lang = getattr(trainer.datamodule, "tgt_lang", "de")
-            self.test_scores = corpus_scores(hyps, [refs[i] for i, _ in outputs], lang=tgt_lang)
-            self.test_scores.update(beam_size=self.test_beam_size, length_penalty=self.length_penalty,
-                                    num_sentences=len(hyps))
-            log.info("test sacreBLEU %.2f (%s); paper-style BLEU %.2f", self.test_scores["sacrebleu"],
-                     self.test_scores["signature"], self.test_scores["paper_bleu"])
+            scores = corpus_scores(hyps, [refs[i] for i, _ in outputs], lang=self._lang(trainer))
+            scores.update({k: _percent(scores[k]) for k in ("sacrebleu", "paper_bleu", "chrf")})
+            self.evaluations.append({**self._testing, **scores, "beam_size": self.test_beam_size,
+                                     "length_penalty": self.length_penalty})
+            log.info("test (%s weights) sacreBLEU %.2f (%s); paper-style BLEU %.2f",
+                     self._testing.get("weights"), scores["sacrebleu"], scores["signature"], scores["paper_bleu"])
         pl_module.log("test/bleu", bleu, sync_dist=True)  # equal on every rank; the mean keeps it
 
+    @property
+    def test_scores(self) -> dict[str, Any] | None:
+        """The latest test evaluation (None before any test)."""
+        return self.evaluations[-1] if self.evaluations else None
+
+    # -- results -------------------------------------------------------------------------
+    def summary(self) -> Summary:
+        no_val = "no validation with BLEU ran"
+        r = Fields()
+        r.put("best_val_bleu", self.best_bleu, no_val)
+        r.put("best_val_bleu_step", self.best_bleu_step, no_val)
+        r.put("last_val_bleu", self.last_bleu, no_val)
+        r.put("best_val_paper_bleu", self.best_paper_bleu, no_val)
+        fields, reasons = r.summary()
+        test_fields, test_reasons = summarize_tests(self.evaluations, "test has not run in this process")
+        return {**fields, **test_fields}, {**reasons, **test_reasons}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"best_bleu": self.best_bleu}
+        return {"best_bleu": self.best_bleu, "best_bleu_step": self.best_bleu_step,
+                "best_paper_bleu": self.best_paper_bleu}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best_bleu = state_dict.get("best_bleu")
+        # Applied when a resumed fit starts (on_train_start), not by trainer.test(ckpt_path=...).
+        self._resume_state = dict(state_dict)
 
 
-__all__ = ["BleuCallback"]
+__all__ = ["BleuCallback", "TEST_FIELDS", "which_weights", "summarize_tests"]

@@ -1,15 +1,21 @@
-"""GpuStatsCallback: GPU utilisation, memory and power sampled with NVML during fit.
+"""GpuStatsCallback: GPU kernel-active time, memory and power sampled with NVML during fit.
 
 Each rank samples its own CUDA device from a background thread every `interval_s`
-seconds (nvidia-ml-py, `import pynvml`): SM utilisation (%), memory used (GB = 1e9 bytes,
-all processes on the device) and board power draw (W). Sampling runs from the start to the
-end of the training loop, validation included.
+seconds (nvidia-ml-py, `import pynvml`): kernel-active time (%), memory used (GB = 1e9
+bytes, all processes on the device) and board power draw (W). Sampling runs from the start
+to the end of the training loop, validation included.
+
+"Kernel-active time" is NVML's `utilization.gpu` (nvidia-smi's "GPU-Util"): the percent of
+the sample period during which one or more kernels was executing. It is not SM occupancy
+nor the share of SMs busy: one small kernel running all the time reads 100 %. It shows
+whether the GPU waits for the host (data loading, Python overhead), not how well the
+kernels use it; MFU (ThroughputCallback) measures that.
 
 - Every `log_every_n_steps` rank zero logs the means of its device's samples since the
-  previous log: `gpu/util`, `gpu/mem_gb`, `gpu/power_w`.
-- At the end of fit the run means of every rank's device are gathered (one collective,
-  every rank takes part) into `per_device` and averaged into the run summary for
-  results.json.
+  previous log: `gpu/kernel_active_pct`, `gpu/mem_gb`, `gpu/power_w`.
+- At the end of fit the run means of every rank's device (and its name) are gathered (one
+  collective, every rank takes part) into `per_device` and averaged into the run summary
+  for results.json.
 - Without an NVIDIA GPU (not a CUDA run, or NVML fails to initialise) the callback logs one
   info line and turns itself off; results.json then has null GPU fields with that reason.
 
@@ -20,7 +26,6 @@ rank is found by its UUID (from torch) and, failing that, through `CUDA_VISIBLE_
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 from types import ModuleType
@@ -30,12 +35,22 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
-from nmtbench.callbacks.wallclock import LogStepGate, log_to_loggers
+from nmtbench.callbacks.common import (
+    NO_FIT,
+    Fields,
+    LogStepGate,
+    MeasurementCallback,
+    Summary,
+    gather_objects,
+    log_to_loggers,
+    unmeasured,
+)
 
 log = logging.getLogger(__name__)
 
 GB = 1e9
-_FIELDS = ("util", "mem_gb", "power_w")
+_FIELDS = ("kernel_active_pct", "mem_gb", "power_w")
+_RUN_KEYS = ("kernel_active_pct_mean", "mem_gb_mean", "mem_gb_max", "power_w_mean", "num_samples")
 
 
 class _Stats:
@@ -87,13 +102,18 @@ def nvml_handle(nvml: ModuleType, cuda_index: int, uuid: str | None = None) -> A
     return nvml.nvmlDeviceGetHandleByIndex(cuda_index)
 
 
-class GpuStatsCallback(L.Callback):
+class GpuStatsCallback(MeasurementCallback):
     """Sample NVML in a background thread; log interval means and keep run means.
 
     Args:
         interval_s: seconds between samples.
         nvml: an object with the pynvml API (injectable for tests); default `import pynvml`.
     """
+
+    CONFIG_NAME = "gpu_stats"
+    # gpu_util_mean: schema 1.0 name of gpu_kernel_active_pct_mean, written too until schema 2.0.
+    SUMMARY_DEFAULTS = {"gpu_kernel_active_pct_mean": None, "gpu_util_mean": None, "gpu_mem_gb_mean": None,
+                        "gpu_mem_gb_max": None, "gpu_power_w_mean": None, "gpu_per_device": []}
 
     def __init__(self, interval_s: float = 1.0, nvml: Any = None) -> None:
         super().__init__()
@@ -170,7 +190,7 @@ class GpuStatsCallback(L.Callback):
         nvml, handle = self._nvml, self._handle
         out: dict[str, float | None] = dict.fromkeys(_FIELDS)
         try:
-            out["util"] = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            out["kernel_active_pct"] = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
         except Exception:
             pass
         try:
@@ -213,11 +233,12 @@ class GpuStatsCallback(L.Callback):
         return {f"gpu/{k}": v for k, v in stats.means().items() if v is not None}
 
     def run_means(self) -> dict[str, Any]:
-        """This rank's means over the whole fit: {util_mean, mem_gb_mean, mem_gb_max, power_w_mean, num_samples}."""
+        """This rank's means over the whole fit: {kernel_active_pct_mean, mem_gb_mean, mem_gb_max,
+        power_w_mean, num_samples}."""
         with self._lock:
             means, n, mem_max = self._run.means(), self._run.n, self._run.mem_max
-        return {"util_mean": means["util"], "mem_gb_mean": means["mem_gb"], "mem_gb_max": mem_max,
-                "power_w_mean": means["power_w"], "num_samples": n}
+        return {"kernel_active_pct_mean": means["kernel_active_pct"], "mem_gb_mean": means["mem_gb"],
+                "mem_gb_max": mem_max, "power_w_mean": means["power_w"], "num_samples": n}
 
     # -- hooks ---------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -242,41 +263,37 @@ class GpuStatsCallback(L.Callback):
                 pass
 
     def _gather(self, trainer: L.Trainer) -> list[dict[str, Any]]:
-        """Every rank's run means (rank order); one all_gather when world_size > 1 (all ranks call it)."""
-        own = self.run_means() if self.enabled else dict.fromkeys(
-            ("util_mean", "mem_gb_mean", "mem_gb_max", "power_w_mean"), None) | {"num_samples": 0}
-        keys = ("util_mean", "mem_gb_mean", "mem_gb_max", "power_w_mean", "num_samples")
-        if trainer.world_size <= 1:
-            rows = [[own[k] for k in keys]]
-        else:
-            values = torch.tensor([math.nan if own[k] is None else float(own[k]) for k in keys],
-                                  dtype=torch.float64)
-            device = trainer.strategy.root_device
-            gathered = trainer.strategy.all_gather(values.to(device if device.type == "cuda" else "cpu"))
-            rows = [[None if math.isnan(v) else v for v in row] for row in gathered.cpu().reshape(-1, len(keys)).tolist()]
-        out = []
-        for rank, row in enumerate(rows):
-            record = dict(zip(keys, row))
-            record["num_samples"] = int(record["num_samples"] or 0)
-            out.append({"rank": rank, "name": self.device_name if rank == 0 else None, **record})
+        """Every rank's device name and run means, in rank order (one all_gather_object when
+        world_size > 1: all ranks call it); empty when no rank has samples."""
+        own = self.run_means() if self.enabled else {**dict.fromkeys(_RUN_KEYS), "num_samples": 0}
+        rows = gather_objects([{"name": self.device_name, **own}])
+        out = [{"rank": rank, "name": row["name"], **{k: row[k] for k in _RUN_KEYS}}
+               for rank, row in enumerate(rows)]
         return out if any(r["num_samples"] for r in out) else []
 
-    def summary(self) -> dict[str, Any]:
-        """Run means over all devices for results.json (None when no samples)."""
+    def summary(self) -> Summary:
+        """Run means over all devices for results.json (null with the reason when not measured)."""
+        if not self._setup_done:
+            return unmeasured(self.SUMMARY_DEFAULTS, NO_FIT)
+        if not self.enabled:
+            return unmeasured(self.SUMMARY_DEFAULTS, self.disabled_reason or "GpuStatsCallback disabled")
         rows = [r for r in self.per_device if r["num_samples"]]
 
         def mean(key: str) -> float | None:
             values = [r[key] for r in rows if r[key] is not None]
             return sum(values) / len(values) if values else None
 
+        reason = f"no NVML samples (training shorter than interval_s={self.interval_s})"
         maxima = [r["mem_gb_max"] for r in rows if r["mem_gb_max"] is not None]
-        return {
-            "gpu_util_mean": mean("util_mean"),
-            "gpu_mem_gb_mean": mean("mem_gb_mean"),
-            "gpu_mem_gb_max": max(maxima) if maxima else None,
-            "gpu_power_w_mean": mean("power_w_mean"),
-            "gpu_per_device": [dict(r) for r in self.per_device],
-        }
+        r = Fields()
+        r.put("gpu_kernel_active_pct_mean", mean("kernel_active_pct_mean"), reason)
+        r.put("gpu_util_mean", mean("kernel_active_pct_mean"), reason)
+        r.put("gpu_mem_gb_mean", mean("mem_gb_mean"), reason)
+        r.put("gpu_mem_gb_max", max(maxima) if maxima else None, reason)
+        r.put("gpu_power_w_mean", mean("power_w_mean"), reason)
+        # util_mean: schema 1.0 name of kernel_active_pct_mean, written too until schema 2.0.
+        r.put("gpu_per_device", [{**row, "util_mean": row["kernel_active_pct_mean"]} for row in self.per_device])
+        return r.summary()
 
 
 __all__ = ["GpuStatsCallback", "nvml_handle"]

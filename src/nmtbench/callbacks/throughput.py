@@ -7,16 +7,21 @@ MFU = achieved model FLOP/s / peak FLOP/s (see `nmtbench.flops` for the peak val
 
 How it measures, and why:
 - Counts are accumulated as device tensors and turned into numbers only at logging steps
-  (every `trainer.log_every_n_steps` optimizer steps) and around validation, so there is
-  no host-device synchronisation per step. On CUDA the clock is read after that sync.
-- At those points every rank sums its counts with one all-reduce (4 numbers), so totals
+  (every `trainer.log_every_n_steps` optimizer steps) and at the end of training, so there
+  is no host-device synchronisation per step. On CUDA the clock is read after that sync.
+- At those points every rank sums its counts with one all-reduce (5 numbers), so totals
   are exact over all DDP ranks, not rank zero's times `world_size`; per-device values are
   total / world_size. The decision to reduce depends only on the global step, so every
   rank takes part.
-- Time excludes validation (decoding for BLEU is not training throughput).
+- Time is WallClockCallback's training time excluding validation (decoding for BLEU is not
+  training throughput): the run's one clock, so tokens/s x hours = tokens exactly. Without
+  a WallClockCallback the counts are kept but rates and MFU are null. (List it after the
+  WallClockCallback, as configs/callbacks/default.yaml does, so the clock of a resumed run
+  is restored before the first rate window opens.)
 - Rates logged at each logging step are rolling means over the last `window_size` - 1
   logging intervals (`lightning.fabric.utilities.throughput.Throughput`); results.json gets
   run means (totals / training time excluding validation).
+- Resumed runs continue the totals (`state_dict`, applied when the resumed fit starts).
 
 Logged (TensorBoard, rank zero, every `log_every_n_steps`): `perf/tokens_per_sec`,
 `perf/tgt_tokens_per_sec`, `perf/samples_per_sec`, `perf/flops_per_sec` (all devices),
@@ -27,8 +32,6 @@ Logged (TensorBoard, rank zero, every `log_every_n_steps`): `perf/tokens_per_sec
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -36,13 +39,25 @@ import torch
 from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.trainer.states import TrainerFn
 
-from nmtbench.callbacks.wallclock import LogStepGate, log_to_loggers
+from nmtbench.callbacks.common import (
+    NO_FIT,
+    Fields,
+    LogStepGate,
+    MeasurementCallback,
+    Summary,
+    find_callback,
+    log_to_loggers,
+    reduce_sum,
+    sync_device,
+    unmeasured,
+)
+from nmtbench.callbacks.wallclock import WallClockCallback
 from nmtbench.flops import mfu, resolve_peak_flops
 
 log = logging.getLogger(__name__)
 
 
-class ThroughputCallback(L.Callback):
+class ThroughputCallback(MeasurementCallback):
     """Tokens/s (source+target and target), per device and in total, and MFU.
 
     Args:
@@ -54,8 +69,12 @@ class ThroughputCallback(L.Callback):
             2 = the rate over the last logging interval).
         max_pending: flush the accumulated per-batch tensors after this many micro-batches
             even between logging steps (bounds memory when logging is rare).
-        clock: monotonic clock in seconds (injectable for tests).
     """
+
+    CONFIG_NAME = "throughput"
+    SUMMARY_DEFAULTS = dict.fromkeys(
+        ("peak_flops_per_device", "peak_flops_source", "tokens_seen", "tgt_tokens_seen", "sentences_seen",
+         "tokens_per_sec", "tgt_tokens_per_sec", "tokens_per_sec_per_device", "train_flops", "mfu"))
 
     def __init__(
         self,
@@ -63,7 +82,6 @@ class ThroughputCallback(L.Callback):
         cpu_benchmark_seconds: float = 1.0,
         window_size: int = 2,
         max_pending: int = 512,
-        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
         if window_size < 2:
@@ -72,7 +90,8 @@ class ThroughputCallback(L.Callback):
         self.cpu_benchmark_seconds = cpu_benchmark_seconds
         self.window_size = window_size
         self.max_pending = max_pending
-        self.clock = clock
+        self.wallclock: WallClockCallback | None = None  # the clock (found in setup)
+        self.fitted = False
         self.peak: float | None = None
         self.peak_source: str | None = None
         self.world_size = 1
@@ -84,9 +103,7 @@ class ThroughputCallback(L.Callback):
         self.sentences = 0
         self.batches = 0
         self.flops = 0.0
-        self.train_seconds = 0.0  # training time excluding validation, closed intervals
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._run_start: float | None = None  # clock when the open training interval began
         self._gate = LogStepGate()
         self._tokens_window: Throughput | None = None
         self._tgt_window: Throughput | None = None
@@ -98,8 +115,12 @@ class ThroughputCallback(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.world_size = int(trainer.world_size)
         self.pad_id = int(getattr(pl_module, "pad_id", 0))
+        self.wallclock = find_callback(trainer, WallClockCallback)
         if stage != TrainerFn.FITTING or self._peak_resolved:
             return
+        if self.wallclock is None and trainer.is_global_zero:
+            log.info("ThroughputCallback: no WallClockCallback (callbacks.wallclock=null): token counts "
+                     "only, no tokens/s or MFU.")
         self._peak_resolved = True
         device = trainer.strategy.root_device
         if not trainer.is_global_zero and device.type == "cpu" and self.peak_flops_per_device is None:
@@ -119,9 +140,9 @@ class ThroughputCallback(L.Callback):
         self._update_windows()
 
     # -- counting ------------------------------------------------------------------------
-    def _elapsed(self) -> float:
-        open_interval = self.clock() - self._run_start if self._run_start is not None else 0.0
-        return self.train_seconds + open_interval
+    def _elapsed(self) -> float | None:
+        """Training seconds excluding validation, from WallClockCallback (None without it)."""
+        return self.wallclock.train_seconds_excl_val() if self.wallclock is not None else None
 
     def _flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Turn pending per-batch tensors into numbers and sum them over ranks (all ranks call this)."""
@@ -136,11 +157,7 @@ class ThroughputCallback(L.Callback):
             flops = self._batch_flops(pl_module, src_lens, tgt_lens)
         num_batches = len(self._pending)
         self._pending = []
-        counts = torch.tensor([tokens, tgt, sentences, flops, num_batches], dtype=torch.float64)
-        if self.world_size > 1:
-            device = trainer.strategy.root_device
-            reduce_device = device if device.type == "cuda" else torch.device("cpu")
-            counts = trainer.strategy.reduce(counts.to(reduce_device), reduce_op="sum").cpu()
+        counts = reduce_sum(trainer, [tokens, tgt, sentences, flops, num_batches])
         self.tokens += int(counts[0])
         self.tgt_tokens += int(counts[1])
         self.sentences += int(counts[2])
@@ -159,9 +176,9 @@ class ThroughputCallback(L.Callback):
         return float(sum(fn(s, t) for s, t in zip(src_lens, tgt_lens)))
 
     def _update_windows(self) -> None:
-        if self._tokens_window is None or self._tgt_window is None:
-            return
         elapsed = self._elapsed()
+        if self._tokens_window is None or self._tgt_window is None or elapsed is None:
+            return
         if self._tokens_window._time and elapsed <= self._tokens_window._time[-1]:
             return  # no time passed (fake clocks, back-to-back flushes): nothing to add
         flops_delta = self.flops - self._flops_at_last_update
@@ -196,18 +213,14 @@ class ThroughputCallback(L.Callback):
             out["perf/mfu"] = m["device/mfu"]
         return out
 
-    @staticmethod
-    def _sync(trainer: L.Trainer) -> None:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize(trainer.strategy.root_device)
-
     # -- hooks ---------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._apply_resume_state()
+        self.fitted = True
         self._pending = []
-        self._run_start = self.clock()
         self._flops_at_last_update = self.flops
-        self._new_windows()
+        if self.wallclock is not None:
+            self._new_windows()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         src_lens = batch["src_lens"].detach()
@@ -217,60 +230,48 @@ class ThroughputCallback(L.Callback):
         # Both conditions are identical on every rank (global step, micro-batch count).
         if log_step or len(self._pending) >= self.max_pending:
             self._flush(trainer, pl_module)
-            self._sync(trainer)
+            sync_device(trainer)
             self._update_windows()
             if log_step:
                 log_to_loggers(trainer, self._rates())
 
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self._run_start is None:
-            return
-        self._flush(trainer, pl_module)
-        self._sync(trainer)
-        self.train_seconds += self.clock() - self._run_start
-        self._run_start = None
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING or self._tokens_window is None:
-            return
-        if self._run_start is None:
-            self._run_start = self.clock()
-
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._flush(trainer, pl_module)
-        self._sync(trainer)
-        if self._run_start is not None:
-            self.train_seconds += self.clock() - self._run_start
-            self._run_start = None
-        s = self.summary()
-        if trainer.is_global_zero and s["tokens_per_sec"] is not None:
+        fields, _ = self.summary()
+        if trainer.is_global_zero and fields["tokens_per_sec"] is not None:
             log.info("Training throughput %.0f tokens/s (%.0f per device), MFU %s",
-                     s["tokens_per_sec"], s["tokens_per_sec_per_device"],
-                     "n/a" if s["mfu"] is None else f"{s['mfu']:.3f}")
+                     fields["tokens_per_sec"], fields["tokens_per_sec_per_device"],
+                     "n/a" if fields["mfu"] is None else f"{fields['mfu']:.3f}")
 
     # -- results -------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
-        """Run totals and means for results.json (None where undefined)."""
+    def summary(self) -> Summary:
+        """Run totals and means over WallClockCallback's training time excluding validation."""
+        if not self.fitted:
+            return unmeasured(self.SUMMARY_DEFAULTS, NO_FIT)
+        r = Fields()
+        peak_reason = self.peak_source or "unknown peak FLOP/s"
+        r.put("peak_flops_per_device", self.peak, peak_reason)
+        r.put("peak_flops_source", self.peak_source if self.peak else None, peak_reason)
+        r.put("tokens_seen", self.tokens)
+        r.put("tgt_tokens_seen", self.tgt_tokens)
+        r.put("sentences_seen", self.sentences)
         seconds = self._elapsed()
-        rate = (lambda n: n / seconds) if seconds > 0 else (lambda n: None)
-        tokens_per_sec = rate(self.tokens)
-        return {
-            "tokens_seen": self.tokens,
-            "tgt_tokens_seen": self.tgt_tokens,
-            "sentences_seen": self.sentences,
-            "train_seconds_excl_val": seconds,
-            "tokens_per_sec": tokens_per_sec,
-            "tgt_tokens_per_sec": rate(self.tgt_tokens),
-            "tokens_per_sec_per_device": None if tokens_per_sec is None else tokens_per_sec / self.world_size,
-            "train_flops": self.flops if self.has_flops else None,
-            "mfu": mfu(self.flops, seconds, self.world_size, self.peak) if self.has_flops else None,
-            "peak_flops_per_device": self.peak,
-            "peak_flops_source": self.peak_source,
-        }
+        time_reason = ("no WallClockCallback (callbacks.wallclock=null): no training time"
+                       if seconds is None else "no training time measured")
+        seconds = seconds if seconds and seconds > 0 else None
+        tokens_per_sec = self.tokens / seconds if seconds else None
+        r.put("tokens_per_sec", tokens_per_sec, time_reason)
+        r.put("tgt_tokens_per_sec", self.tgt_tokens / seconds if seconds else None, time_reason)
+        r.put("tokens_per_sec_per_device", tokens_per_sec / self.world_size if seconds else None, time_reason)
+        flops_reason = "the model has no flops_per_batch(src_lens, tgt_lens)"
+        r.put("train_flops", self.flops if self.has_flops else None, flops_reason)
+        mfu_value = mfu(self.flops, seconds, self.world_size, self.peak) if self.has_flops and seconds else None
+        r.put("mfu", mfu_value, flops_reason if not self.has_flops else time_reason if not seconds else peak_reason)
+        return r.summary()
 
     def state_dict(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "tgt_tokens": self.tgt_tokens, "sentences": self.sentences,
-                "batches": self.batches, "flops": self.flops, "train_seconds": self._elapsed()}
+                "batches": self.batches, "flops": self.flops}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied at the next on_train_start (a resumed fit), not when trainer.test() restores
@@ -286,6 +287,5 @@ class ThroughputCallback(L.Callback):
         self.sentences = int(state.get("sentences", 0))
         self.batches = int(state.get("batches", 0))
         self.flops = float(state.get("flops", 0.0))
-        self.train_seconds = float(state.get("train_seconds", 0.0))
 
 __all__ = ["ThroughputCallback"]

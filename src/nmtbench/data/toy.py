@@ -19,6 +19,10 @@ German is a deterministic function of English, so a good model can get close to 
 `generate(cfg)` returns the splits; `write_toy(cfg, root, ...)` writes them as
 `{prefix}.en` / `{prefix}.de` (atomically) and returns the directory. The output is a pure
 function of `ToyConfig`: same config, same bytes.
+
+The word lists (nouns, verbs, adjectives, conjunctions, time phrases, ...) are data:
+`toy_lexicon.yaml` beside this module (package data); the grammar and the inflection
+tables are the code below.
 """
 
 from __future__ import annotations
@@ -30,194 +34,13 @@ import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from importlib import resources
 
 from nmtbench.data.config import ToyConfig
 
 GENERATOR_VERSION = 1  # bump when the grammar changes: new data, new cache key
 
-# ---------------------------------------------------------------------------- lexicon
-
-# en_sg en_pl | de_sg de_pl | gender kind [weak]   (kind: a=animate, p=place, t=thing)
-_NOUNS = """
-man men | Mann Männer | m a
-woman women | Frau Frauen | f a
-child children | Kind Kinder | n a
-dog dogs | Hund Hunde | m a
-cat cats | Katze Katzen | f a
-girl girls | Mädchen Mädchen | n a
-teacher teachers | Lehrer Lehrer | m a
-mother mothers | Mutter Mütter | f a
-horse horses | Pferd Pferde | n a
-boy boys | Junge Jungen | m a weak
-sister sisters | Schwester Schwestern | f a
-baby babies | Baby Babys | n a
-doctor doctors | Arzt Ärzte | m a
-queen queens | Königin Königinnen | f a
-animal animals | Tier Tiere | n a
-student students | Student Studenten | m a weak
-mouse mice | Maus Mäuse | f a
-father fathers | Vater Väter | m a
-cow cows | Kuh Kühe | f a
-friend friends | Freund Freunde | m a
-king kings | König Könige | m a
-bear bears | Bär Bären | m a weak
-brother brothers | Bruder Brüder | m a
-cook cooks | Koch Köche | m a
-lion lions | Löwe Löwen | m a weak
-baker bakers | Bäcker Bäcker | m a
-bird birds | Vogel Vögel | m a
-garden gardens | Garten Gärten | m p
-city cities | Stadt Städte | f p
-house houses | Haus Häuser | n p
-park parks | Park Parks | m p
-school schools | Schule Schulen | f p
-village villages | Dorf Dörfer | n p
-kitchen kitchens | Küche Küchen | f p
-room rooms | Zimmer Zimmer | n p
-church churches | Kirche Kirchen | f p
-forest forests | Wald Wälder | m p
-book books | Buch Bücher | n t
-apple apples | Apfel Äpfel | m t
-door doors | Tür Türen | f t
-car cars | Auto Autos | n t
-letter letters | Brief Briefe | m t
-flower flowers | Blume Blumen | f t
-picture pictures | Bild Bilder | n t
-table tables | Tisch Tische | m t
-bottle bottles | Flasche Flaschen | f t
-bread breads | Brot Brote | n t
-key keys | Schlüssel Schlüssel | m t
-cup cups | Tasse Tassen | f t
-window windows | Fenster Fenster | n t
-hat hats | Hut Hüte | m t
-lamp lamps | Lampe Lampen | f t
-glass glasses | Glas Gläser | n t
-ball balls | Ball Bälle | m t
-bag bags | Tasche Taschen | f t
-egg eggs | Ei Eier | n t
-cake cakes | Kuchen Kuchen | m t
-newspaper newspapers | Zeitung Zeitungen | f t
-bed beds | Bett Betten | n t
-chair chairs | Stuhl Stühle | m t
-story stories | Geschichte Geschichten | f t
-present presents | Geschenk Geschenke | n t
-coat coats | Mantel Mäntel | m t
-clock clocks | Uhr Uhren | f t
-song songs | Lied Lieder | n t
-train trains | Zug Züge | m t
-card cards | Karte Karten | f t
-boat boats | Boot Boote | n t
-shoe shoes | Schuh Schuhe | m t
-"""
-
-# en_base en_3sg en_participle | de_inf de_3sg de_participle | aux kind
-# (aux: h=haben s=sein; kind: t=accusative object, d=dative object, i=intransitive,
-#  g=ditransitive: dative person + accusative thing)
-_VERBS = """
-see sees seen | sehen sieht gesehen | h t
-sleep sleeps slept | schlafen schläft geschlafen | h i
-help helps helped | helfen hilft geholfen | h d
-give gives given | geben gibt gegeben | h g
-buy buys bought | kaufen kauft gekauft | h t
-laugh laughs laughed | lachen lacht gelacht | h i
-thank thanks thanked | danken dankt gedankt | h d
-show shows shown | zeigen zeigt gezeigt | h g
-read reads read | lesen liest gelesen | h t
-come comes come | kommen kommt gekommen | s i
-follow follows followed | folgen folgt gefolgt | s d
-send sends sent | schicken schickt geschickt | h g
-find finds found | finden findet gefunden | h t
-work works worked | arbeiten arbeitet gearbeitet | h i
-love loves loved | lieben liebt geliebt | h t
-wait waits waited | warten wartet gewartet | h i
-visit visits visited | besuchen besucht besucht | h t
-go goes gone | gehen geht gegangen | s i
-hear hears heard | hören hört gehört | h t
-sing sings sung | singen singt gesungen | h i
-carry carries carried | tragen trägt getragen | h t
-run runs run | laufen läuft gelaufen | s i
-open opens opened | öffnen öffnet geöffnet | h t
-dance dances danced | tanzen tanzt getanzt | h i
-wash washes washed | waschen wäscht gewaschen | h t
-swim swims swum | schwimmen schwimmt geschwommen | s i
-paint paints painted | malen malt gemalt | h t
-play plays played | spielen spielt gespielt | h i
-build builds built | bauen baut gebaut | h t
-stay stays stayed | bleiben bleibt geblieben | s i
-sell sells sold | verkaufen verkauft verkauft | h t
-cry cries cried | weinen weint geweint | h i
-need needs needed | brauchen braucht gebraucht | h t
-take takes taken | nehmen nimmt genommen | h t
-write writes written | schreiben schreibt geschrieben | h t
-catch catches caught | fangen fängt gefangen | h t
-forget forgets forgotten | vergessen vergisst vergessen | h t
-bring brings brought | bringen bringt gebracht | h t
-meet meets met | treffen trifft getroffen | h t
-cook cooks cooked | kochen kocht gekocht | h t
-"""
-
-# en de [inflection stem]
-_ADJECTIVES = """
-old alt
-small klein
-young jung
-big groß
-new neu
-red rot
-beautiful schön
-tired müde
-blue blau
-happy glücklich
-green grün
-black schwarz
-sad traurig
-rich reich
-poor arm
-fast schnell
-white weiß
-slow langsam
-clever klug
-friendly freundlich
-strange seltsam
-loud laut
-cold kalt
-heavy schwer
-long lang
-short kurz
-hungry hungrig
-famous berühmt
-expensive teuer teur
-dark dunkel dunkl
-"""
-
-# Verbs that take a finite clause: en_base en_3sg | de_1sg de_3sg de_pl | complementizer
-_CLAUSE_VERBS = [
-    ("say", "says", "sage", "sagt", "sagen", "that"),
-    ("know", "knows", "weiß", "weiß", "wissen", "that"),
-    ("think", "thinks", "denke", "denkt", "denken", "that"),
-    ("believe", "believes", "glaube", "glaubt", "glauben", "that"),
-    ("hope", "hopes", "hoffe", "hofft", "hoffen", "that"),
-    ("ask", "asks", "frage", "fragt", "fragen", "whether"),
-]
-_COMPLEMENTIZERS = {"that": "dass", "whether": "ob"}
-# Adverbial conjunctions: English -> German (both introduce a verb-final clause in German).
-_CONJUNCTIONS = [
-    ("because", "weil"), ("although", "obwohl"), ("when", "wenn"),
-    ("while", "während"), ("before", "bevor"), ("after", "nachdem"),
-]
-# Time phrases: fronted in English or last; in German first or right after the finite verb.
-_TIMES = [
-    ("today", "heute"), ("tomorrow", "morgen"), ("now", "jetzt"), ("every day", "jeden Tag"),
-    ("in the morning", "am Morgen"), ("in the evening", "am Abend"),
-    ("on Sunday", "am Sonntag"), ("on Monday", "am Montag"), ("in the summer", "im Sommer"),
-    ("in the winter", "im Winter"),
-]
-# Modals: en_3sg en_pl (followed by the bare infinitive) | de_1sg/3sg de_pl
-_MODALS = [("can", "can", "kann", "können"), ("must", "must", "muss", "müssen"),
-           ("wants to", "want to", "will", "wollen")]
-# Prepositions with a fixed case (the locative "in" is separate: it needs a place noun).
-_PREPOSITIONS = [("with", "mit", "dat"), ("without", "ohne", "acc"), ("for", "für", "acc"),
-                 ("from", "von", "dat")]
+# ----------------------------------------------------------------------- inflection
 
 # Case endings of der-words ("der", "dies-") and ein-words ("ein", "mein", "kein").
 _DER = {"nom": {"m": "der", "f": "die", "n": "das", "pl": "die"},
@@ -280,34 +103,63 @@ class Adjective:
     stem: str  # inflection stem: teuer -> teur-
 
 
-def _parse_nouns() -> list[Noun]:
-    out = []
-    for line in _NOUNS.strip().splitlines():
-        en, de, info = (part.split() for part in line.split("|"))
-        out.append(Noun(en[0], en[1], de[0], de[1], info[0], info[1], weak="weak" in info))
-    return out
+LEXICON_FILE = "toy_lexicon.yaml"  # package data beside this module: the word lists
 
 
-def _parse_verbs() -> list[Verb]:
-    out = []
-    for line in _VERBS.strip().splitlines():
-        en, de, info = (part.split() for part in line.split("|"))
+def _fields(entry: str) -> list[list[str]]:
+    """'man men | Mann Männer | m a' -> [['man', 'men'], ['Mann', 'Männer'], ['m', 'a']]."""
+    return [part.split() for part in entry.split("|")]
+
+
+def _phrases(entry: str) -> tuple[str, ...]:
+    """'in the morning | am Morgen' -> ('in the morning', 'am Morgen')."""
+    return tuple(part.strip() for part in entry.split("|"))
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """The word lists of `toy_lexicon.yaml`, parsed (order matters: the RNG indexes them)."""
+
+    nouns: list[Noun]
+    verbs: list[Verb]
+    adjectives: list[Adjective]
+    clause_verbs: list[tuple[str, ...]]  # en_base en_3sg de_1sg de_3sg de_pl complementizer
+    complementizers: dict[str, str]
+    conjunctions: list[tuple[str, ...]]  # (en, de)
+    times: list[tuple[str, ...]]  # (en, de)
+    modals: list[tuple[str, ...]]  # (en_3sg, en_pl, de_sg, de_pl)
+    prepositions: list[tuple[str, ...]]  # (en, de, case)
+
+
+def load_lexicon() -> Lexicon:
+    """Parse the packaged `toy_lexicon.yaml`."""
+    import yaml
+
+    text = resources.files("nmtbench.data").joinpath(LEXICON_FILE).read_text(encoding="utf-8")
+    raw = yaml.safe_load(text)
+    nouns = []
+    for en, de, info in map(_fields, raw["nouns"]):
+        nouns.append(Noun(en[0], en[1], de[0], de[1], info[0], info[1], weak="weak" in info))
+    verbs = []
+    for en, de, info in map(_fields, raw["verbs"]):
         aux = {"h": "haben", "s": "sein"}[info[0]]
-        out.append(Verb(en[0], en[1], en[2], de[0], de[1], de[2], aux, info[1]))
-    return out
+        verbs.append(Verb(en[0], en[1], en[2], de[0], de[1], de[2], aux, info[1]))
+    adjectives = []
+    for en, de in map(_fields, raw["adjectives"]):
+        adjectives.append(Adjective(en[0], de[0], de[1] if len(de) > 1 else de[0]))
+    clause_verbs = [tuple(w for part in _fields(e) for w in part) for e in raw["clause_verbs"]]
+    return Lexicon(
+        nouns=nouns, verbs=verbs, adjectives=adjectives, clause_verbs=clause_verbs,
+        complementizers=dict(map(_phrases, raw["complementizers"])),
+        conjunctions=[_phrases(e) for e in raw["conjunctions"]],
+        times=[_phrases(e) for e in raw["times"]],
+        modals=[_phrases(e) for e in raw["modals"]],
+        prepositions=[_phrases(e) for e in raw["prepositions"]],
+    )
 
 
-def _parse_adjectives() -> list[Adjective]:
-    out = []
-    for line in _ADJECTIVES.strip().splitlines():
-        words = line.split()
-        out.append(Adjective(words[0], words[1], words[2] if len(words) > 2 else words[1]))
-    return out
-
-
-NOUNS = _parse_nouns()
-VERBS = _parse_verbs()
-ADJECTIVES = _parse_adjectives()
+LEXICON = load_lexicon()
+NOUNS, VERBS, ADJECTIVES = LEXICON.nouns, LEXICON.verbs, LEXICON.adjectives
 
 
 def _round_robin(items: list, key) -> list:
@@ -580,15 +432,15 @@ class ToyGrammar:
                 c.iobj = self.np(animate=True)
             c.tense = r.choices(["pres", "perf", "modal"], [0.5, 0.25, 0.25])[0]
             if c.tense == "modal":
-                c.modal = r.choice(_MODALS)
+                c.modal = r.choice(LEXICON.modals)
             if not simple and r.random() < 0.3:
                 if self.places and r.random() < 0.4:
                     c.pp = ("in", "in", "dat", self.np(animate=False, place=True))
                 else:
-                    en, de, case = r.choice(_PREPOSITIONS)
+                    en, de, case = r.choice(LEXICON.prepositions)
                     c.pp = (en, de, case, self.np(animate=r.random() < 0.5))
         if not simple and r.random() < 0.2:
-            c.time = r.choice(_TIMES)
+            c.time = r.choice(LEXICON.times)
         c.neg = c.tense != "modal" and r.random() < 0.12
         return c
 
@@ -604,7 +456,7 @@ class ToyGrammar:
             return _finish(_en_clause(c), _de_clause(c, "main"), ".")
         if kind == "time_first":
             c = self.clause()
-            c.time = c.time or r.choice(_TIMES)
+            c.time = c.time or r.choice(LEXICON.times)
             de = [c.time[1]] + _de_clause(_without_time(c), "inv")
             return _finish(_en_clause(c, time_first=True), de, ".")
         if kind == "question":
@@ -615,15 +467,15 @@ class ToyGrammar:
             return _finish(_en_clause(c), _de_clause(c, "main"), ".")
         if kind == "complement":
             subj = self.np(animate=True, allow_pronoun=True)
-            en_base, en_3sg, de_1sg, de_3sg, de_pl, comp = r.choice(_CLAUSE_VERBS)
+            en_base, en_3sg, de_1sg, de_3sg, de_pl, comp = r.choice(LEXICON.clause_verbs)
             p = subj.person
             en_verb = en_3sg if p == "3sg" else en_base
             de_verb = {"1sg": de_1sg, "3sg": de_3sg, "pl": de_pl}[p]
             inner = self.clause()
             en = _en_np(subj) + [en_verb, comp] + _en_clause(inner)
-            de = _de_np(subj, "nom") + [de_verb + ",", _COMPLEMENTIZERS[comp]]
+            de = _de_np(subj, "nom") + [de_verb + ",", LEXICON.complementizers[comp]]
             return _finish(en, de + _de_clause(inner, "sub"), ".")
-        conj_en, conj_de = r.choice(_CONJUNCTIONS)
+        conj_en, conj_de = r.choice(LEXICON.conjunctions)
         main, sub = self.clause(), self.clause()
         if kind == "adverbial":
             en = _en_clause(main) + [conj_en] + _en_clause(sub)

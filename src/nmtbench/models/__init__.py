@@ -16,15 +16,31 @@ callbacks work unchanged for all of them:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from torch import nn
 
 from nmtbench.config import from_mapping, to_container
 from nmtbench.errors import ConfigError
+from nmtbench.optim import OptimConfig
 
-# Keys of `cfg.model` that configure training rather than the architecture.
-TRAINING_KEYS = ("name", "label_smoothing", "optim")
+
+@dataclass
+class TrainingConfig:
+    """Keys of `cfg.model` that configure training rather than the architecture (read by
+    Seq2SeqModule; each model's schema in nmtbench.schema sets their defaults)."""
+
+    name: str  # the registry key below: transformer | lstm
+    label_smoothing: float = 0.0  # epsilon of the label-smoothed cross entropy
+    # What an optimizer step's summed loss is divided by: its target tokens (Vaswani et al.
+    # 2017; fairseq) or its sentences (Luong et al. 2015, Sutskever et al. 2014: "divided by
+    # 128"), counted over all micro-batches and ranks of the step (Seq2SeqModule).
+    loss_normalization: str = "tokens"
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser + LR schedule
+
+
+TRAINING_KEYS = tuple(f.name for f in fields(TrainingConfig))
 
 
 def _registry() -> dict[str, tuple[type, type[nn.Module]]]:
