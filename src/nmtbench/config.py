@@ -99,6 +99,8 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
                 match = _COULD_NOT_OVERRIDE.search(str(exc))
                 if not match:
                     return  # not an unknown key: Hydra reports it
+            except Exception:  # noqa: BLE001 - a bad value, group or syntax: Hydra reports it
+                return
                 key = match.group(1)
                 rest = [o for o in ours if _override_key(o) != key]
                 try:
@@ -143,9 +145,8 @@ def exit_on_unknown_overrides(config_dir: str | Path, config_name: str, argv: li
     import sys
 
     args = sys.argv[1:] if argv is None else argv
-    if any(a in ("-m", "--multirun") or a.startswith(("-cn", "--config-name", "-cp", "--config-path",
-                                                       "-cd", "--config-dir")) for a in args):
-        return  # sweeps and other config sources: Hydra checks them itself
+    if any(a.startswith("-") for a in args):
+        return  # Hydra flags (-m sweeps, --cfg, -cn, --help, ...): Hydra checks everything itself
     try:
         check_overrides(config_dir, config_name, args)
     except ConfigError as exc:

@@ -12,7 +12,7 @@ type-checks command-line overrides while composing.
     data/_schema           nmtbench.data.config.DataConfig            configs/data/*.yaml
 
 Every program that composes configs/train.yaml calls `register_configs()` first
-(scripts/train.py, scripts/prepare_data.py, tests/conftest.py).
+(nmtbench.cli.train and .prepare_data, tests/conftest.py).
 """
 
 from __future__ import annotations

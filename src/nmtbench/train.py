@@ -1,4 +1,5 @@
-"""`train(cfg)`: config in, metrics out. `scripts/train.py` is a thin Hydra wrapper around it."""
+"""`train(cfg)`: config in, metrics out. `nmtbench.cli.train` (the console script
+`nmtbench-train`, and `scripts/train.py`) is the Hydra entry point around it."""
 
 from __future__ import annotations
 

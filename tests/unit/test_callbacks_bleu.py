@@ -76,6 +76,11 @@ def test_val_bleu_equals_sacrebleu():
     paper = paper_bleu(HYPS, REFS, lang="de")["score"]
     assert paper != pytest.approx(expected, abs=0.5)  # a different scale
     assert module.logged["val/paper_bleu"] == pytest.approx(paper, abs=1e-9)
+    # every sentence scored, and the output/reference length ratio of the tokenized text
+    assert module.logged["val/bleu_sentences"] == len(REFS)
+    tok = sacrebleu.corpus_bleu(HYPS, [REFS], tokenize="13a")
+    assert module.logged["val/len_ratio"] == pytest.approx(tok.sys_len / tok.ref_len, rel=0.05)
+    assert module.logged["val/len_ratio"] < 1.0  # the hypotheses are shorter
     fields, _ = cb.summary()
     assert fields["best_val_paper_bleu"] == pytest.approx(paper, abs=1e-9)
     assert fields["best_val_bleu_step"] == 10 and fields["test_evaluations"] == []

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nmtbench.callbacks.results import validate_results
 from nmtbench.report import (
     CSV_COLUMNS,
     MARKDOWN_HEADER,
@@ -25,6 +24,7 @@ from nmtbench.report import (
     write_report,
 )
 from nmtbench.report.plots import plot_bleu_vs_time
+from nmtbench.results_schema import validate_results
 
 SIGNATURE = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.4.3"
 PAPER_SIGNATURE = SIGNATURE + "|pretok:moses-de+compound-split"
@@ -57,6 +57,7 @@ def make_results(run_dir: Path, **over) -> dict:
         "sentences_seen": 80_000, "train_hours": 1 / 3, "train_hours_excl_val": 0.3, "val_hours": 1 / 30,
         "device_hours": 1 / 3, "gpu_hours": None, "tokens_per_sec": 1850.0, "tgt_tokens_per_sec": 925.0,
         "tokens_per_sec_per_device": 1850.0, "train_flops": 1.0e14, "mfu": 0.12, "gpu_util_mean": None,
+        "gpu_kernel_active_pct_mean": None,
         "gpu_mem_gb_mean": None, "gpu_mem_gb_max": None, "gpu_power_w_mean": None, "gpu_per_device": [],
         "best_val_bleu": 30.5, "best_val_bleu_step": 600, "last_val_bleu": 30.5,
         "best_val_paper_bleu": 31.0,
@@ -74,13 +75,17 @@ def make_results(run_dir: Path, **over) -> dict:
             {"fraction": f, "metric": "val/bleu", "threshold": f * 30.5, "step": step, "hours": hours,
              "hours_excl_val": hours * 0.9, "device_hours": hours}
             for f, step, hours in ((0.9, 400, 0.2), (0.95, 600, 0.32), (0.99, 600, 0.32))],
-        "val_curve": [{"step": 200, "hours": 0.1, "hours_excl_val": 0.09, "bleu": 21.0, "paper_bleu": 22.0},
-                      {"step": 400, "hours": 0.2, "hours_excl_val": 0.18, "bleu": 27.0, "paper_bleu": 28.0},
-                      {"step": 600, "hours": 0.32, "hours_excl_val": 0.3, "bleu": 30.5, "paper_bleu": 31.0}],
+        "val_curve": [{"step": 200, "hours": 0.1, "hours_excl_val": 0.09, "device_hours": 0.1, "bleu": 21.0,
+                       "paper_bleu": 22.0},
+                      {"step": 400, "hours": 0.2, "hours_excl_val": 0.18, "device_hours": 0.2, "bleu": 27.0,
+                       "paper_bleu": 28.0},
+                      {"step": 600, "hours": 0.32, "hours_excl_val": 0.3, "device_hours": 0.32, "bleu": 30.5,
+                       "paper_bleu": 31.0}],
     }
     r.update(over)
     defaults = {"gpu_hours": "not a GPU run (device_hours = wall-clock x processes)",
-                "gpu_util_mean": "no NVIDIA GPU (running on cpu)"}
+                "gpu_util_mean": "no NVIDIA GPU (running on cpu)",
+                "gpu_kernel_active_pct_mean": "no NVIDIA GPU (running on cpu)"}
     r["null_reasons"] = {k: defaults.get(k, f"{k} unavailable in this test") for k, v in r.items() if v is None}
     return r
 
@@ -90,13 +95,14 @@ def as_schema_1_0(results: dict) -> dict:
     r = copy.deepcopy(results)
     r["schema_version"] = "1.0"
     for key in ("best_val_paper_bleu", "time_to_fraction_of_best", "test_evaluations", "test_weights",
-                "test_ckpt_path", "test_averaged_from"):
+                "test_ckpt_path", "test_averaged_from", "gpu_kernel_active_pct_mean"):
         r.pop(key, None)
         r["null_reasons"].pop(key, None)
     for entry in r["time_to_bleu"]:
         entry.pop("metric")
     for point in r["val_curve"]:
         point.pop("paper_bleu")
+        point.pop("device_hours")
     return r
 
 
@@ -243,18 +249,20 @@ def test_markdown_shows_time_to_fractions_targets_weights_and_explains_gaps(runs
     assert "Test sets differ" in md
 
 
-def test_a_schema_1_0_file_shows_dashes_with_notes(tmp_path):
+def test_a_schema_1_0_file_is_read_as_1_1_with_what_it_cannot_say_noted(tmp_path):
     run = write_run(tmp_path / "runs", "old", schema="1.0")
     write_report([run], tmp_path / "report", include_published=False)
     md = (tmp_path / "report" / "table.md").read_text(encoding="utf-8")
     cells = md_cells(md, "**mini_transformer")
     assert cells[column("sacreBLEU (detok.)")].startswith("31.2")  # the top-level test_* fields
-    for name in ("Tested weights", "To 90 / 95 / 99% of best val BLEU"):
-        assert cells[column(name)].startswith("— ["), name
-    assert "`time_to_fraction_of_best` came with schema 1.1" in md
-    assert "`test_evaluations` came with schema 1.1" in md
-    assert "val/bleu? [" in cells[column("Time to target val BLEU")]  # target metric not recorded
-    assert "does not name the metric of its BLEU targets" in md
+    # results_schema.load_results upgrades a 1.0 file: the fractions of the best come from its
+    # val_curve (21, 27, 30.5 BLEU at 6, 12, 19.2 min: 90% of 30.5 is first reached at 19.2 min)
+    # and its targets were on val/bleu (the only 1.0 metric) ...
+    assert cells[column("To 90 / 95 / 99% of best val BLEU")].startswith("19.2 / 19.2 / 19.2 min")
+    assert "val/bleu" in md and "val/bleu? [" not in md
+    # ... but which weights its test used was not recorded: a dash with the reason.
+    assert cells[column("Tested weights")].startswith("— [")
+    assert "not recorded (schema 1.0 file)" in md
 
 
 def test_seeds_of_one_setting_are_one_row_with_mean_and_range(tmp_path):
@@ -327,10 +335,10 @@ def test_cli_errors_are_one_line_on_stderr_naming_the_file_and_fix(tmp_path, cap
     assert main([str(run), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(run / "results.json") in err and "steps: missing" in err
-    assert "re-create it" in err
+    assert "fix: re-run" in err
     (run / "results.json").write_text("{not json", encoding="utf-8")
     assert main([str(run), "--out", str(tmp_path / "out")]) == 1
-    assert "not JSON (line 1" in capsys.readouterr().err
+    assert "not valid JSON (line 1" in capsys.readouterr().err
     # A missing run is skipped with --allow-missing (as reproduce_table.sh does), with a warning.
     assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "out2"), "--allow-missing"]) == 0
     assert "warning: skipped" in capsys.readouterr().err

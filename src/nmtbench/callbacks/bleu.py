@@ -173,8 +173,9 @@ class BleuCallback(MeasurementCallback):
     def _lang(trainer) -> str:
         return getattr(trainer.datamodule, "tgt_lang", "de")
 
-    def _paper_bleu(self, trainer) -> float:
-        """Paper BLEU of every rank's validation hypotheses (a collective: all ranks call it)."""
+    def _paper_bleu(self, trainer) -> tuple[float, float, int]:
+        """(paper BLEU, hypothesis/reference length ratio, sentences) of every rank's validation
+        hypotheses (a collective: all ranks call it)."""
         lang = self._lang(trainer)
         _, refs = trainer.datamodule.raw_text("valid")
         tok_refs = []
@@ -183,7 +184,9 @@ class BleuCallback(MeasurementCallback):
                 self._tok_refs["valid", i] = paper_tokenize(refs[i], lang)
             tok_refs.append(self._tok_refs["valid", i])
         stats = paper_bleu_statistics([paper_tokenize(h, lang) for _, h in self._outputs], tok_refs)
-        return _percent(paper_bleu_from_statistics(reduce_sum(trainer, stats)))
+        total = reduce_sum(trainer, [*stats, float(len(self._outputs))])
+        ratio = total[0] / total[1] if total[1] else 0.0
+        return _percent(paper_bleu_from_statistics(total[:10])), ratio, int(total[10])
 
     # -- validation ------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
@@ -205,7 +208,7 @@ class BleuCallback(MeasurementCallback):
         if trainer.sanity_checking:
             return
         bleu = _percent(float(self._metric.compute()) * 100.0)  # n-gram stats summed across ranks
-        paper = self._paper_bleu(trainer)
+        paper, ratio, sentences = self._paper_bleu(trainer)
         self.last_bleu = bleu
         if self.best_bleu is None or bleu > self.best_bleu:
             self.best_bleu, self.best_bleu_step = bleu, int(trainer.global_step)
@@ -214,6 +217,10 @@ class BleuCallback(MeasurementCallback):
         pl_module.log("val/bleu", bleu, sync_dist=True)
         pl_module.log("val/paper_bleu", paper, sync_dist=True)
         pl_module.log("val/best_bleu", self.best_bleu, sync_dist=True)
+        # Diagnostics of a BLEU change: output length (brevity, or outputs that run to the
+        # length limit) and the number of sentences scored (every validation scores them all).
+        pl_module.log("val/len_ratio", ratio, sync_dist=True)
+        pl_module.log("val/bleu_sentences", float(sentences), sync_dist=True)
         if trainer.is_global_zero and self.num_examples > 0:
             self._log_examples(trainer, sorted(self._outputs)[: self.num_examples])
 

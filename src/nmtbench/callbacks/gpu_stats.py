@@ -159,16 +159,21 @@ class GpuStatsCallback(MeasurementCallback):
         if device.type != "cuda":
             self._turn_off(trainer, f"no NVIDIA GPU (running on {device.type})")
             return
+        nvml = self._nvml
+        if nvml is None:
+            try:
+                import pynvml as nvml  # nvidia-ml-py, the optional extra nmtbench[nvml]
+            except ImportError:
+                self._turn_off(trainer, "nvidia-ml-py is not installed; pip install 'nmtbench[nvml]' "
+                               "(or nvidia-ml-py) to record GPU utilisation, memory and power")
+                return
         try:
-            nvml = self._nvml
-            if nvml is None:
-                import pynvml as nvml  # nvidia-ml-py
             nvml.nvmlInit()
             self._nvml = nvml
             self._handle = nvml_handle(nvml, device.index or 0, _uuid_of(device))
             name = nvml.nvmlDeviceGetName(self._handle)
             self.device_name = name.decode() if isinstance(name, bytes) else str(name)
-        except Exception as err:  # ImportError, NVMLError_LibraryNotFound, driver errors
+        except Exception as err:  # NVMLError_LibraryNotFound, driver errors
             self._turn_off(trainer, f"no NVIDIA GPU (NVML unavailable: {err})")
             return
         self.enabled = True

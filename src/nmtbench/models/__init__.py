@@ -1,6 +1,6 @@
 """Model registry: `model.name` in the config -> (typed config dataclass, nn.Module class).
 
-Every model implements one interface (DESIGN.md), so the LightningModule, decoding and
+Every model implements one interface (docs/interfaces.md), so the LightningModule, decoding and
 callbacks work unchanged for all of them:
 
     forward(src, src_lens, tgt_in) -> logits (B, T, V)

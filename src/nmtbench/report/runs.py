@@ -57,26 +57,16 @@ def find_results(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def read_results(path: Path) -> dict[str, Any]:
-    """A results.json, validated (docs/results_schema.md); ReportError naming file and fix."""
-    from nmtbench.callbacks.results import validate_results
+    """A results.json, validated and read as schema 1.x (nmtbench.results_schema.load_results);
+    ReportError naming the file, the problem and the fix."""
+    from nmtbench.results_schema import ResultsFileError, load_results
 
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        return load_results(path)
     except OSError as exc:
         raise ReportError(f"{path}: cannot read it ({exc.strerror}); {HELP}") from exc
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                          "re-run the test (scripts/evaluate.py) or training that writes it") from exc
-    version = str(results.get("schema_version", "")) if isinstance(results, dict) else ""
-    if version and not version.startswith("1."):
-        raise ReportError(f"{path}: schema_version {version} is not one this report reads (1.x); "
-                          "use the nmtbench version that wrote it")
-    problems = validate_results(results)
-    if problems:
-        shown = "; ".join(problems[:3]) + (f"; ... ({len(problems)} problems)" if len(problems) > 3 else "")
-        raise ReportError(f"{path}: not a valid results.json ({shown}); fix or re-create it "
-                          "(schema: docs/results_schema.md), or leave the run out")
-    return results
+    except ResultsFileError as exc:
+        raise ReportError(str(exc)) from exc
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
