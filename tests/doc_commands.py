@@ -138,6 +138,8 @@ def _run_entry(call, argv: list[str]) -> tuple[str | None, str | None]:
         error = None
     except SystemExit as exc:
         error = None if exc.code in (None, 0) else (err.getvalue().strip() or f"exit status {exc.code}")
+        if not kind and error and "Unknown config key" in error:
+            kind.append("hydra")  # the entry point's key check (nmtbench.config) runs before Hydra's parser
     except Exception as exc:  # an import error, a missing config, ...
         error = f"{type(exc).__name__}: {exc}"
     finally:

@@ -97,16 +97,16 @@ def check_overrides(config_dir: str | Path, config_name: str, overrides: list[st
                 return
             except ConfigCompositionException as exc:
                 match = _COULD_NOT_OVERRIDE.search(str(exc))
-                if not match:
-                    return  # not an unknown key: Hydra reports it
             except Exception:  # noqa: BLE001 - a bad value, group or syntax: Hydra reports it
                 return
-                key = match.group(1)
-                rest = [o for o in ours if _override_key(o) != key]
-                try:
-                    cfg = compose(config_name=config_name, overrides=rest)
-                except Exception:  # noqa: BLE001 - another bad override: Hydra reports it
-                    cfg = None
+            if not match:
+                return  # not an unknown key: Hydra reports it
+            key = match.group(1)
+            rest = [o for o in ours if _override_key(o) != key]
+            try:
+                cfg = compose(config_name=config_name, overrides=rest)
+            except Exception:  # noqa: BLE001 - another bad override: Hydra reports it
+                cfg = None
     finally:
         GlobalHydra.instance().clear()
     raise ConfigError(unknown_key_message(key, cfg))
