@@ -35,10 +35,6 @@ TABLE = FaultTable()
 TRAINED_DATA = ["data.toy.num_valid=8", "data.toy.num_test=8"]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "faults: end-to-end fault tests (tests/faults/); run alone with -m faults")
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "tests/faults/" in str(item.fspath).replace("\\", "/"):
