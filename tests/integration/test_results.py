@@ -56,6 +56,7 @@ def test_smoke_run_results_and_scalars(tiny_cfg, tmp_path):
     assert r["model_name"] == "transformer" and r["num_parameters"] > 0
     assert r["task_name"] == "smoke" and r["data_source"] == "toy"
     assert r["steps"] == 12 and r["tokens_seen"] > 0 and r["train_flops"] > 0
+    assert r["nonfinite_skipped_batches"] == 0  # callbacks.nonfinite (action skip) found nothing to skip
     assert r["mfu"] is not None and 0 < r["mfu"] < 1.5
     assert r["peak_flops_source"] == "measured: CPU fp32 matmul"
     assert [p["step"] for p in r["val_curve"]] == [6, 12]

@@ -32,6 +32,7 @@ import torch.distributed as dist
 from nmtbench.callbacks.bleu import BleuCallback, summarize_tests
 from nmtbench.callbacks.common import Fields, MeasurementCallback, Summary
 from nmtbench.callbacks.gpu_stats import GpuStatsCallback
+from nmtbench.callbacks.nonfinite import NonFiniteLossCallback
 from nmtbench.callbacks.throughput import ThroughputCallback
 from nmtbench.callbacks.wallclock import WallClockCallback
 
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILENAME = "results.json"
 MEASUREMENTS: tuple[type[MeasurementCallback], ...] = (
-    ThroughputCallback, WallClockCallback, GpuStatsCallback, BleuCallback)
+    ThroughputCallback, WallClockCallback, GpuStatsCallback, BleuCallback, NonFiniteLossCallback)
 
 
 def config_digest(cfg: dict[str, Any]) -> str:
