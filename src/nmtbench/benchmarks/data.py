@@ -33,14 +33,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from nmtbench.benchmarks import REPO_ROOT, shared_data
 from nmtbench.data.config import load_data_config
 from nmtbench.data.datamodule import Seq2SeqDataModule
 from nmtbench.data.prepare import build_tokenizer, prepare
 from nmtbench.data.shards import encode_split, encoding_pool, make_progress
 from nmtbench.data.sources import open_source
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data" / "wmt14_sample"
+DEFAULT_DATA = shared_data("wmt14_sample")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

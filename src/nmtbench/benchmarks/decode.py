@@ -34,11 +34,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from nmtbench.benchmarks import shared_data
 from nmtbench.decoding import beam_search
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 PAD, BOS, EOS = 0, 2, 3
-DEFAULT_INPUT = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "wmt14_sample" / "newstest2014.en"
+DEFAULT_INPUT = shared_data("wmt14_sample") / "newstest2014.en"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
