@@ -11,7 +11,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import SumMetric
 
 from nmtbench.config import from_mapping
