@@ -27,8 +27,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     chunk by chunk: the logits are consumed (read them before calling backward) and no
     (N, V) tensor is allocated. Autograd through log_softmax + gather + mean allocates four
     (N, V) tensors (log-probabilities, two gradients, their sum; plus a float copy of
-    bf16/fp16 logits); a fresh tensor of that size costs page faults on every step (on the
-    2-core benchmark machine that was ~0.4 s per 130 MB of logits, a third of the loss).
+    bf16/fp16 logits); a fresh tensor of that size costs page faults on every step
+    (docs/performance.md).
     """
 
     @staticmethod

@@ -61,8 +61,8 @@ def lr_at(cfg: OptimConfig, step: int, epoch: int = 0, model_dim: int = 512) -> 
 
 def build_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
     """torch.optim.Adam or SGD. On CPU the fused implementation (one vectorised kernel over all
-    parameters; same update rule) replaces torch's default per-parameter loop: its Adam step
-    measured ~10x faster here. On GPUs torch's default (multi-tensor `foreach`) is kept: a
+    parameters; same update rule) replaces torch's default per-parameter loop (~10x faster,
+    docs/performance.md). On GPUs torch's default (multi-tensor `foreach`) is kept: a
     fused optimizer unscales fp16 gradients itself, which Lightning's 16-mixed gradient
     clipping refuses."""
     params = list(params)
