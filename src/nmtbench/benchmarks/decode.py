@@ -131,10 +131,9 @@ def run_hf(model, batches, beam_size: int) -> tuple[float, int]:
         for src, lens in batches:
             steps = int(lens.max())
             mask = (torch.arange(src.size(1))[None] < lens[:, None]).long()
-            out = model.generate(
-                input_ids=src, attention_mask=mask, num_beams=beam_size, do_sample=False,
-                max_new_tokens=steps, min_new_tokens=steps, length_penalty=0.6, early_stopping=False,
-            )
+            beam = dict(length_penalty=0.6, early_stopping=False) if beam_size > 1 else {}
+            out = model.generate(input_ids=src, attention_mask=mask, num_beams=beam_size, do_sample=False,
+                                 max_new_tokens=steps, min_new_tokens=steps, **beam)
             assert out.size(1) == steps + 1  # decoder start token + T_b generated tokens
             tokens += src.size(0) * steps
     return time.perf_counter() - start, tokens
