@@ -199,24 +199,29 @@ class LSTMSeq2Seq(nn.Module):
         weights = self.decoder.all_weights  # per layer [w_ih, w_hh, b_ih, b_hh]
         E, L = emb.size(-1), len(weights)
         # Weights and encoder states used at every step go through `recurrence.Tape`: their
-        # gradients are formed once after the loop instead of step by step (module docstring).
+        # gradients are formed once after the loop instead of step by step.
         tapes = [Tape() for _ in range(L + 1)]  # one per layer, one for W_c
         w_ih, w_hh, b_ih, b_hh = weights[0]
         # Layer 1's input is [emb(y_{t-1}); feed]: the embedding half of its gates for all
         # steps is one large GEMM; per step only [feed; h] @ [W_ih[:, E:] | W_hh]^T remains.
         emb_gates = F.linear(emb, w_ih[:, :E], b_ih + b_hh)  # (B, T, 4H)
-        cells = [tapes[0].share(torch.cat([w_ih[:, E:], w_hh], dim=1))]  # (4H, 2H)
-        biases = [None]
-        for k, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights[1:], start=1):
-            cells.append(tapes[k].share(torch.cat([w_ih, w_hh], dim=1)))  # (4H, 2H)
-            biases.append(b_ih + b_hh)
+        cells = [(w_ih[:, E:], w_hh)] + [(w[0], w[1]) for w in weights[1:]]  # per layer (in, H)
+        if torch.is_grad_enabled():  # one [W_ih | W_hh] (4H, in + H) product per step
+            cells = [tape.share(torch.cat(w, dim=1)) for tape, w in zip(tapes, cells)]
+        biases = [None] + [w[2] + w[3] for w in weights[1:]]
+
+        def gates_of(k: int, x: Tensor, h_k: Tensor) -> Tensor:  # (B, 4H) without bias
+            if isinstance(cells[k], tuple):  # no gradient: two products, no weight copy
+                return F.linear(x, cells[k][0]) + F.linear(h_k, cells[k][1])
+            return step_linear(torch.cat([x, h_k], dim=1), cells[k], tapes[k])
+
         w_c = tapes[L].share(self.combine.weight)  # W_c (H, 2H)
         fast_attention = luong and self.attention.score != "concat"
         if fast_attention:
             mem_tape = Tape()
             values = mem_tape.share(memory["enc_out"])  # (B, S, H)
-            key_tape, keys = (Tape(), None) if "enc_keys" in memory else (mem_tape, values)
-            keys = key_tape.share(memory["enc_keys"]) if keys is None else keys
+            key_tape = Tape() if "enc_keys" in memory else mem_tape  # dot: keys are the values
+            keys = key_tape.share(memory["enc_keys"]) if "enc_keys" in memory else values
         outs, attns = [], []
         for gates_t in emb_gates.unbind(1):  # (B, 4H); unbind: one backward node for all steps
             if not luong:  # bahdanau: c_t from s_{t-1}, fed with y_{t-1} (eq. 4)
@@ -225,10 +230,10 @@ class LSTMSeq2Seq(nn.Module):
             x = None
             for k in range(L):
                 if k == 0:
-                    gates = gates_t + step_linear(torch.cat([feed, h[0]], dim=1), cells[0], tapes[0])
+                    gates = gates_t + gates_of(0, feed, h[0])
                 else:
                     x = F.dropout(x, self.cfg.dropout, self.training)  # as nn.LSTM's dropout
-                    gates = step_linear(torch.cat([x, h[k]], dim=1), cells[k], tapes[k]) + biases[k]
+                    gates = gates_of(k, x, h[k]) + biases[k]
                 h[k], c[k] = lstm_step(gates, h[k], c[k])  # (B, H) each
                 x = h[k]
             if fast_attention:  # c_t from h_t (eq. 7)
