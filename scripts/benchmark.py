@@ -5,6 +5,7 @@
     python scripts/benchmark.py lstm         # tokens/s of the LSTM decoder with/without input feeding
     python scripts/benchmark.py scaling      # tokens/s with 1 and 2 processes, scaling efficiency
     python scripts/benchmark.py seq-length   # LSTM vs Transformer encoder time over sequence length
+    python scripts/benchmark.py train-throughput  # training tokens/s: ours vs HF MarianMT / OpenNMT-py
 
 Each subcommand lives in nmtbench.benchmarks.<name> as `add_arguments(parser)` + `run(args)`.
 """
@@ -21,6 +22,7 @@ SUBCOMMANDS = {
     "lstm": "nmtbench.benchmarks.lstm",
     "scaling": "nmtbench.benchmarks.scaling",
     "seq-length": "nmtbench.benchmarks.seq_length",
+    "train-throughput": "nmtbench.benchmarks.train_throughput",
 }
 
 

@@ -13,6 +13,9 @@ Conventions (both searches):
 - Scores are sums of fp32 log-probabilities (`log_softmax` over the logits in fp32).
 - Finished sentences leave the batch (rows, memory and cache are shrunk), so late steps
   only pay for the sentences still being decoded.
+- Beam search keeps one memory row per sentence for models that declare
+  `shares_memory_across_beams` (their `decode` maps token row r to memory row r // K);
+  for the others the memory is expanded to one row per beam.
 - `use_cache=False` re-runs the teacher-forced `decode(prefix, memory, None)` on the whole
   prefix each step and takes the last position (the quadratic baseline).
 
@@ -110,7 +113,10 @@ def beam_search(
     (and, with `return_scores`, its length-normalised log-probability)."""
     alpha, K = length_penalty, beam_size
     B, device = src.size(0), src.device
-    memory = _select(model.encode(src, src_lens), torch.arange(B, device=device).repeat_interleave(K))
+    shared = bool(getattr(model, "shares_memory_across_beams", False))  # memory row per sentence
+    memory = model.encode(src, src_lens)
+    if not shared:
+        memory = _select(memory, torch.arange(B, device=device).repeat_interleave(K))
     max_lens = src_lens.to(device) + max_len_b  # (B,)
     alive = torch.arange(B, device=device)  # original row of each active sentence
     tokens = torch.full((B * K, 1), bos_id, dtype=torch.long, device=device)  # (B*K, t)
@@ -152,8 +158,8 @@ def beam_search(
         tokens = torch.cat([tokens[rows], live_tok[keep].view(-1, 1)], dim=1)
         if cache is not None:
             cache = model.reorder_cache(cache, rows)
-        if keep.numel() < B:  # rows of one sentence share their memory: shrink only
-            memory = _select(memory, rows)
+        if keep.numel() < B:  # the memory changes only when sentences leave the batch
+            memory = _select(memory, keep if shared else rows)
             alive, max_lens, num_finished = alive[keep], max_lens[keep], num_finished[keep]
         scores, B = live_scores[keep], keep.numel()
 

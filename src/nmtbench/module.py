@@ -11,7 +11,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import SumMetric
 
@@ -30,6 +29,72 @@ from nmtbench.optim import build_optimizer, build_scheduler, load_optim_config
 LOSS_NORMALIZATIONS = ("tokens", "sentences")
 
 
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """Summed label-smoothed cross entropy and NLL of rows of logits, in cache-sized row chunks.
+
+    Forward reads the logits chunk by chunk through one reused scratch buffer and keeps only
+    the per-row log-sum-exp. Backward overwrites the saved logits with their gradient
+    w * (softmax(x) * (g_loss + g_nll) - onehot * ((1 - eps) g_loss + g_nll) - eps g_loss / V),
+    chunk by chunk: the logits are consumed (read them before calling backward) and no
+    (N, V) tensor is allocated. Autograd through log_softmax + gather + mean allocates four
+    (N, V) tensors (log-probabilities, two gradients, their sum; plus a float copy of
+    bf16/fp16 logits); a fresh tensor of that size costs page faults on every step
+    (docs/performance.md).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, epsilon: float):
+        # logits (N, V) any float dtype; target (N,) long; weight (N,) float (1 token, 0 pad)
+        rows = _rows_per_chunk(logits)
+        lse, x_t, x_mean = [], [], []
+        scratch = None
+        for x, t in zip(logits.split(rows), target.split(rows)):
+            if scratch is None:
+                scratch = torch.empty(x.shape, dtype=_upcast(x[:0]).dtype, device=x.device)
+            x = _upcast(x)  # fp32 view for fp32/fp64; one chunk's fp32 copy for bf16/fp16
+            buf = scratch[: x.size(0)]
+            m = x.amax(dim=-1)  # (n,)
+            torch.sub(x, m[:, None], out=buf).exp_()
+            lse.append(buf.sum(dim=-1).log_().add_(m))
+            x_t.append(x.gather(1, t[:, None]).squeeze(1))
+            x_mean.append(x.mean(dim=-1))
+        lse, x_t, x_mean = torch.cat(lse), torch.cat(x_t), torch.cat(x_mean)  # (N,) each
+        nll = ((lse - x_t) * weight).sum()
+        smooth = ((lse - x_mean) * weight).sum()
+        ctx.save_for_backward(logits, target, weight, lse)
+        ctx.epsilon = epsilon
+        return (1.0 - epsilon) * nll + epsilon * smooth, nll
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_loss, g_nll):
+        logits, target, weight, lse = ctx.saved_tensors
+        eps, V = ctx.epsilon, logits.size(-1)
+        scale = weight * (g_loss + g_nll)  # (N,) on softmax
+        hit = weight * ((1.0 - eps) * g_loss + g_nll)  # (N,) on the target's one-hot
+        uniform = weight * (eps / V * g_loss)  # (N,) on every entry
+        rows = _rows_per_chunk(logits)
+        for start in range(0, logits.size(0), rows):
+            sl = slice(start, start + rows)
+            x = logits[sl]
+            g = _upcast(x)  # in place for fp32/fp64; bf16/fp16 through an fp32 chunk
+            g.sub_(lse[sl, None]).exp_().mul_(scale[sl, None]).sub_(uniform[sl, None])
+            g.scatter_add_(1, target[sl, None], -hit[sl, None])
+            if g is not x:
+                x.copy_(g)
+        return logits, None, None, None
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _rows_per_chunk(logits: torch.Tensor) -> int:
+    # CPU: ~1 MB of fp32 per chunk (stays in cache); GPU: ~256 MB (a chunk is a few launches)
+    budget = 1 << 18 if logits.device.type == "cpu" else 1 << 26
+    return max(1, budget // max(1, logits.size(-1)))
+
+
 def label_smoothed_loss(
     logits: torch.Tensor, target: torch.Tensor, pad_id: int, epsilon: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,14 +103,15 @@ def label_smoothed_loss(
     logits (B, T, V), target (B, T). Padding positions are ignored. The smoothed target is
     (1 - eps) * one_hot + eps / V (uniform over the vocabulary), as in
     `torch.nn.functional.cross_entropy(label_smoothing=eps)` and Szegedy et al. 2016.
+    Both sums are differentiable; the loss is computed in fp32 whatever the logits' dtype.
+    Backward writes the gradient into the logits' memory (see `_SmoothedCrossEntropy`): read
+    or copy the logits before calling backward if you need them afterwards.
     """
-    lprobs = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
     mask = target.ne(pad_id)  # (B, T)
-    nll = -lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    smooth = -lprobs.mean(dim=-1)  # (B, T)
-    nll = nll.masked_fill(~mask, 0.0).sum()
-    smooth = smooth.masked_fill(~mask, 0.0).sum()
-    loss = (1.0 - epsilon) * nll + epsilon * smooth
+    V = logits.size(-1)
+    loss, nll = _SmoothedCrossEntropy.apply(
+        logits.reshape(-1, V), target.reshape(-1), mask.reshape(-1).to(_upcast(logits[:0]).dtype), float(epsilon)
+    )
     return loss, nll, mask.sum()
 
 

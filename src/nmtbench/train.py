@@ -7,6 +7,8 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +264,21 @@ def average_after_fit(cfg: DictConfig, trainer: L.Trainer, output_dir: Path) -> 
     trainer.strategy.barrier("average_after_fit")
     return target
 
+def compile_in_place(model: torch.nn.Module) -> None:
+    """`torch.compile` the model's forward in place (`nn.Module.compile`).
+
+    The module, its parameters and so the checkpoint keys (`model.*`) stay as they are, so
+    evaluate.py loads a compiled run's checkpoints; wrapping it (`torch.compile(model)`) would
+    save every weight as `model._orig_mod.*`. Training and validation losses run the compiled
+    forward; decoding calls `encode`/`decode` directly and stays eager. `dynamic=True`: token
+    batches change shape every step, so one shape-generic graph is compiled up front instead of
+    a static one followed by a recompile. On CPU, inductor generates C++ and needs a compiler.
+    """
+    if not torch.cuda.is_available() and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
+        raise ConfigError("compile=true on a CPU-only machine needs a C++ compiler for torch.compile's "
+                          "inductor backend: install one (e.g. apt-get install g++) or set compile=false.")
+    model.compile(dynamic=True)
+
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and optionally test) the configured model; return the final metrics."""
@@ -280,10 +297,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = Seq2SeqModule(to_container(cfg), vocab_size=int(cfg.data.vocab_size))
 
     if cfg.get("compile"):
-        if torch.cuda.is_available():
-            module.model = torch.compile(module.model)
-        else:
-            log.warning("compile=true ignored: torch.compile is only enabled on GPU runs.")
+        compile_in_place(module.model)
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))

@@ -158,3 +158,34 @@ def test_beam_finds_better_normalised_scores_than_greedy():
     _, s1 = beam_search(model, src, lens, beam_size=1, **kw)
     _, s4 = beam_search(model, src, lens, beam_size=4, **kw)
     assert sum(s4) > sum(s1)
+
+
+class WithEncoderOutput(nn.Module):
+    """The Transformer with the memory layout it had before: the encoder output kept in it and
+    one copy per beam (beam search copies both whenever finished sentences leave the batch)."""
+
+    shares_memory_across_beams = False
+
+    def __init__(self, model: TransformerSeq2Seq):
+        super().__init__()
+        self.model = model
+
+    def encode(self, src, src_lens):
+        return {**self.model.encode(src, src_lens), "enc": self.model.encoder_states(src, src_lens)[0]}
+
+    def decode(self, prev_tokens, memory, cache=None):
+        return self.model.decode(prev_tokens, memory, cache)
+
+    def reorder_cache(self, cache, index):
+        return self.model.reorder_cache(cache, index)
+
+
+def test_beam_without_encoder_output_or_per_beam_memory_gives_identical_hypotheses():
+    model, (src, lens) = tiny_transformer(3), random_src(3)
+    assert "enc" not in model.encode(src, lens)
+    kw = dict(beam_size=4, max_len_b=8, return_scores=True, **IDS)
+    hyps, scores = beam_search(model, src, lens, **kw)
+    hyps_enc, scores_enc = beam_search(WithEncoderOutput(model), src, lens, **kw)
+    assert hyps == hyps_enc
+    assert scores == pytest.approx(scores_enc, abs=1e-5)
+    assert len({len(h) for h in hyps}) > 1  # sentences finish at different steps: memory shrinks

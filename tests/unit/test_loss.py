@@ -43,3 +43,37 @@ def test_label_smoothed_loss_equals_torch_cross_entropy_and_ignores_pad():
     logits2 = logits.clone()
     logits2[0, 3:] += 100.0
     assert label_smoothed_loss(logits2, target, 0, 0.1)[0].item() == pytest.approx(loss.item())
+
+
+@pytest.mark.parametrize("vocab", [11, 3000])  # 3000: several row chunks on CPU
+def test_label_smoothed_loss_values_and_gradients_equal_cross_entropy_over_real_tokens(vocab):
+    """Loss, NLL and both gradients equal F.cross_entropy(label_smoothing=...) over non-pad tokens."""
+    torch.manual_seed(1)
+    logits = torch.randn(4, 200, vocab, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(1, vocab, (4, 200))
+    target[1, 150:] = 0
+    target[3, 7:] = 0
+    real = target != 0
+    loss, nll, ntok = label_smoothed_loss(logits, target, pad_id=0, epsilon=0.1)
+    ref = F.cross_entropy(logits[real], target[real], label_smoothing=0.1, reduction="sum")
+    ref_nll = F.cross_entropy(logits[real], target[real], reduction="sum")
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(nll, ref_nll)
+    assert ntok.item() == int(real.sum())
+    # d(loss + 0.5 nll) / d logits, including zero gradient at padded positions
+    (grad,) = torch.autograd.grad(loss + 0.5 * nll, logits)
+    (ref_grad,) = torch.autograd.grad(ref + 0.5 * ref_nll, logits)
+    torch.testing.assert_close(grad, ref_grad)
+    assert grad[~real].abs().max().item() == 0.0
+
+
+def test_label_smoothed_loss_of_bf16_logits_is_computed_in_fp32():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 9, 50).to(torch.bfloat16).requires_grad_()
+    target = torch.randint(1, 50, (2, 9))
+    loss, nll, _ = label_smoothed_loss(logits, target, pad_id=0, epsilon=0.1)
+    assert loss.dtype == torch.float32
+    ref = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), label_smoothing=0.1, reduction="sum")
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    assert logits.grad.dtype == torch.bfloat16

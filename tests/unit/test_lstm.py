@@ -271,3 +271,32 @@ def test_shared_embeddings_tie_source_target_and_output():
     assert model.src_embed.weight is model.tgt_embed.weight is model.output.weight
     src, src_lens, tgt = batch()
     assert model(src, src_lens, tgt).shape == (3, 6, V)
+
+
+@pytest.mark.parametrize("attention,score", [("luong", "dot"), ("luong", "general"), ("luong", "concat"),
+                                             ("bahdanau", "dot")])
+def test_input_feeding_gradients_equal_plain_autograd(monkeypatch, attention, score):
+    """The feeding loop defers the gradients of per-step weights and encoder states to one
+    product after the loop (nmtbench.models.recurrence); they equal step-by-step autograd."""
+    import nmtbench.models.lstm as lstm_module
+    from nmtbench.models.recurrence import Tape
+
+    src, src_lens, tgt = batch()
+
+    def grads(model):
+        model(src, src_lens, tgt).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast = grads(tiny(attention, score, dropout=0.0))
+    monkeypatch.setattr(Tape, "share", lambda self, x: x)
+    monkeypatch.setattr(lstm_module, "step_linear", lambda x, w, tape: x @ w.t())
+
+    def plain_attention(query, keys, values, bias, *tapes):
+        weights = torch.baddbmm(bias, query, keys.transpose(1, 2)).softmax(dim=-1)
+        return torch.bmm(weights, values), weights
+
+    monkeypatch.setattr(lstm_module, "step_attention", plain_attention)
+    plain = grads(tiny(attention, score, dropout=0.0))
+    assert fast.keys() == plain.keys() and len(fast) > 5
+    for name in plain:
+        torch.testing.assert_close(fast[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)

@@ -96,3 +96,23 @@ def test_an_older_checkpoints_grad_clip_is_dropped_other_unknown_keys_fail(caplo
     assert (cfg.name, cfg.schedule) == ("sgd", "halving") and "trainer.gradient_clip_val" in caplog.text
     with pytest.raises(ConfigError, match=r"model\.optim\.warmup"):
         load_optim_config({"warmup": 10})
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_cpu_optimizer_is_fused_and_updates_like_the_default(name):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    cfg = OptimConfig(name=name, lr=0.1, schedule="constant", warmup_steps=0)
+    opt = build_optimizer(cfg, params)
+    assert opt.defaults["fused"] is True
+    ref_opt = (torch.optim.Adam(ref, lr=0.1, betas=(0.9, 0.98), eps=1e-9, foreach=False) if name == "adam"
+               else torch.optim.SGD(ref, lr=0.1, foreach=False))
+    for _ in range(3):
+        for p, r in zip(params, ref):
+            p.grad = torch.full_like(p, 0.5) * p.detach()
+            r.grad = torch.full_like(r, 0.5) * r.detach()
+        opt.step()
+        ref_opt.step()
+    for p, r in zip(params, ref):
+        torch.testing.assert_close(p, r)

@@ -39,7 +39,9 @@ def test_output_shapes_and_memory():
     src, src_lens, tgt, _ = batch()
     assert model(src, src_lens, tgt).shape == (3, 6, V)
     memory = model.encode(src, src_lens)
-    assert memory["enc"].shape == (3, 7, 32)
+    assert "enc" not in memory  # no decoder step reads the encoder output itself
+    assert memory["dec0.cross_k"].shape == (3, 4, 7, 8)
+    assert model.encoder_states(src, src_lens)[0].shape == (3, 7, 32)
     assert memory["src_mask"].dtype == torch.bool
     assert memory["src_mask"].sum(1).tolist() == src_lens.tolist()
     assert model.model_dim == 32
@@ -171,3 +173,42 @@ def test_tiny_model_overfits_tiny_batch():
         loss.backward()
         opt.step()
     assert loss.item() < 0.05, loss.item()
+
+
+def reference_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **_):
+    """softmax(q k^T / sqrt(d) + masks) v written out, with an explicit (L, M) causal mask."""
+    scores = q @ k.transpose(-2, -1) / q.size(-1) ** 0.5  # (B, H, L, M)
+    if is_causal:
+        causal = torch.ones(q.size(-2), k.size(-2), dtype=torch.bool).tril()
+        scores = scores.masked_fill(~causal, float("-inf"))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_sdpa_is_causal_path_equals_masked_reference(monkeypatch, pre_norm):
+    """The model's SDPA calls (is_causal=True for decoder self-attention, boolean padding
+    masks elsewhere) give the outputs of explicit causal + padding masks, on a padded batch."""
+    model = tiny(pre_norm=pre_norm)
+    src, src_lens, tgt, tgt_lens = batch()
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("is_causal", False))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    fast = model(src, src_lens, tgt)
+    assert calls.count(True) == 2  # one causal self-attention per decoder layer, no mask tensor
+    monkeypatch.setattr(F, "scaled_dot_product_attention", reference_attention)
+    ref = model(src, src_lens, tgt)
+    real = torch.arange(tgt.size(1))[None] < tgt_lens[:, None]
+    torch.testing.assert_close(fast[real], ref[real], atol=1e-5, rtol=1e-5)
+    # the module-level call: is_causal equals the explicit lower-triangular boolean mask
+    attn = model.decoder[0].self_attn
+    x = torch.randn(3, 6, 32)
+    k, v = attn.project_kv(x)
+    torch.testing.assert_close(attn(x, k, v, None, is_causal=True),
+                               attn(x, k, v, torch.ones(6, 6, dtype=torch.bool).tril()))

@@ -1,6 +1,7 @@
 """Data pipeline speed: preprocessing pairs/s, and loader tokens/s vs a training step.
 
     python scripts/benchmark.py data [--data-dir ../shared/data/wmt14_sample] [--num-proc 2]
+    python scripts/benchmark.py data --pairs 4500000 [--json]   # WMT14 scale: see data_scale.py
 
 What is measured (documented because it decides what the numbers mean):
 - Preprocessing: the training split of `--data-dir` (train.{en,de}) encoded with the joint
@@ -33,14 +34,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from nmtbench.benchmarks import REPO_ROOT, shared_data
 from nmtbench.data.config import load_data_config
 from nmtbench.data.datamodule import Seq2SeqDataModule
 from nmtbench.data.prepare import build_tokenizer, prepare
 from nmtbench.data.shards import encode_split, encoding_pool, make_progress
 from nmtbench.data.sources import open_source
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_DATA = REPO_ROOT / ".." / "shared" / "data" / "wmt14_sample"
+DEFAULT_DATA = shared_data("wmt14_sample")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-max-tokens", type=int, default=1024, help="batch budget of the timed training steps")
     parser.add_argument("--model-steps", type=int, default=3, help="timed training steps (after 1 warm-up)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="keep the cache here (default: a temporary dir)")
+    parser.add_argument("--pairs", default=None,
+                        help="WMT14-scale mode: prepare corpora of these many pairs (comma list; one value "
+                             "above 0.5M also runs 0.5M) and report time, peak RSS, cache size")
+    parser.add_argument("--work-dir", default=None, help="--pairs: where the corpora are written (default: tmp)")
+    parser.add_argument("--json", action="store_true", help="--pairs: end with one JSON line")
 
 
 def preprocessing(cfg, console: Console) -> list[tuple[int, float, float, float]]:
@@ -123,6 +129,10 @@ def training_rate(dm: Seq2SeqDataModule, vocab_size: int, steps: int) -> tuple[f
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.pairs:
+        from nmtbench.benchmarks.data_scale import run_scale
+
+        return run_scale(args)
     console = Console()
     data_dir = args.data_dir if args.data_dir.is_absolute() else REPO_ROOT / args.data_dir
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="nmtbench-bench-cache-"))

@@ -1,6 +1,6 @@
-"""Beam-search decoding speed: nmtbench with and without the decoder cache, and HF generate().
+"""Decoding speed: nmtbench beam search (beam 4) and greedy search vs HF generate(), equal work.
 
-    python scripts/benchmark.py decode [--num-sentences 500] [--batch-size 32] [--beam-size 4]
+    python scripts/benchmark.py decode [--json] [--num-sentences 320] [--batch-size 32] [--beam-size 4]
 
 Setup (documented because it decides what the numbers mean):
 - Model: Transformer base (Vaswani et al. 2017: 6+6 layers, d_model 512, 8 heads, d_ff 2048,
@@ -15,40 +15,47 @@ Setup (documented because it decides what the numbers mean):
   maximum output length set to T_b - 1 (+ the forced EOS = T_b steps); HF gets
   `min_new_tokens = max_new_tokens = T_b`. Batches are length-sorted, as in evaluation.
 - HF: `transformers.MarianMTModel` with the same dimensions (post-norm, sinusoidal
-  positions, scaled and tied embeddings: the same architecture), `generate(num_beams=4)`,
-  run only when `transformers` is installed.
+  positions, scaled and tied embeddings: the same architecture), `generate(num_beams=4)` and
+  `generate(num_beams=1)` (greedy), run when `transformers` is installed (`bench` extra).
 - Systems alternate batch by batch (rotating order), so load from other processes on a
   shared machine hits all of them alike. Without the cache the search is quadratic in length
   (and the interface's `decode(prefix, memory, None)` projects every position onto the
-  vocabulary, as fairseq's non-incremental path does), so it runs on `--no-cache-batches`
-  batches spread over the length range and is compared with the cached search on those.
-Reported: sentences/s and generated tokens/s per system and the speed ratios.
+  vocabulary, as fairseq's non-incremental path does), so `--no-cache-batches` batches spread
+  over the length range run without it and are compared with the cached search on those.
+Reported: sentences/s and generated tokens/s per system; `speedup_vs_peer` (beam, ours / HF)
+and `speedup_vs_peer_greedy` in the JSON line that `--json` prints last.
+A full run takes about 4-6 minutes on 2 idle cores; measured figures: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from nmtbench.decoding import beam_search
+from nmtbench.benchmarks import peers, shared_data
+from nmtbench.decoding import beam_search, greedy_search
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 PAD, BOS, EOS = 0, 2, 3
-DEFAULT_INPUT = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "wmt14_sample" / "newstest2014.en"
+DEFAULT_INPUT = shared_data("wmt14_sample") / "newstest2014.en"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", type=Path, default=DEFAULT_INPUT, help="English source text (one sentence a line)")
-    parser.add_argument("--num-sentences", type=int, default=500)
+    parser.add_argument("--num-sentences", type=int, default=320)
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per batch (x beam rows)")
     parser.add_argument("--beam-size", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=37000)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    parser.add_argument("--systems", default="cache,no_cache,hf", help="comma-separated subset of cache,no_cache,hf")
+    parser.add_argument("--systems", default="cache,hf,greedy,hf_greedy,no_cache",
+                        help="comma-separated subset of cache,hf,greedy,hf_greedy,no_cache")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line of every figure")
     parser.add_argument("--no-cache-batches", type=int, default=2,
                         help="batches (spread over the length range) decoded without the cache")
     parser.add_argument("--seed", type=int, default=0)
@@ -87,6 +94,7 @@ class FixedLength(nn.Module):
     def __init__(self, model: nn.Module, true_lens: Tensor):
         super().__init__()
         self.model, self.true_lens = model, true_lens
+        self.shares_memory_across_beams = getattr(model, "shares_memory_across_beams", False)
 
     def encode(self, src, src_lens):
         return self.model.encode(src, self.true_lens)
@@ -101,31 +109,20 @@ class FixedLength(nn.Module):
 
 
 def run_nmtbench(model, batches, beam_size: int, use_cache: bool) -> tuple[float, int]:
-    """Seconds and generated tokens (EOS included) for all batches."""
+    """Seconds and generated tokens (EOS included) for all batches (beam 1: greedy search)."""
     tokens, start = 0, time.perf_counter()
     for src, lens in batches:
         steps = int(lens.max())
         wrapped = FixedLength(model, lens)
-        hyps = beam_search(wrapped, src, torch.full_like(lens, steps - 1), beam_size=beam_size, max_len_b=0,
-                           bos_id=BOS, eos_id=EOS, pad_id=PAD, use_cache=use_cache)
+        kw = dict(max_len_b=0, bos_id=BOS, eos_id=EOS, pad_id=PAD, use_cache=use_cache)
+        max_lens = torch.full_like(lens, steps - 1)
+        if beam_size > 1:
+            hyps = beam_search(wrapped, src, max_lens, beam_size=beam_size, **kw)
+        else:
+            hyps = greedy_search(wrapped, src, max_lens, **kw)
         assert all(len(h) == steps - 1 for h in hyps)
         tokens += len(hyps) * steps
     return time.perf_counter() - start, tokens
-
-
-def build_hf(cfg: TransformerConfig, vocab_size: int):
-    from transformers import MarianConfig, MarianMTModel
-
-    hf_cfg = MarianConfig(
-        vocab_size=vocab_size, d_model=cfg.d_model, encoder_layers=cfg.num_encoder_layers,
-        decoder_layers=cfg.num_decoder_layers, encoder_attention_heads=cfg.num_heads,
-        decoder_attention_heads=cfg.num_heads, encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff,
-        activation_function=cfg.activation, max_position_embeddings=cfg.max_positions,
-        scale_embedding=cfg.scale_embeddings, share_encoder_decoder_embeddings=True,
-        tie_word_embeddings=True, pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS,
-        decoder_start_token_id=BOS, forced_eos_token_id=None, dropout=0.0,
-    )
-    return MarianMTModel(hf_cfg).eval()
 
 
 def run_hf(model, batches, beam_size: int) -> tuple[float, int]:
@@ -134,13 +131,16 @@ def run_hf(model, batches, beam_size: int) -> tuple[float, int]:
         for src, lens in batches:
             steps = int(lens.max())
             mask = (torch.arange(src.size(1))[None] < lens[:, None]).long()
-            out = model.generate(
-                input_ids=src, attention_mask=mask, num_beams=beam_size, do_sample=False,
-                max_new_tokens=steps, min_new_tokens=steps, length_penalty=0.6, early_stopping=False,
-            )
+            beam = dict(length_penalty=0.6, early_stopping=False) if beam_size > 1 else {}
+            out = model.generate(input_ids=src, attention_mask=mask, num_beams=beam_size, do_sample=False,
+                                 max_new_tokens=steps, min_new_tokens=steps, **beam)
             assert out.size(1) == steps + 1  # decoder start token + T_b generated tokens
             tokens += src.size(0) * steps
     return time.perf_counter() - start, tokens
+
+
+LABELS = {"cache": "nmtbench beam (cache)", "no_cache": "nmtbench beam (no cache)",
+          "hf": "HF MarianMT generate() beam", "greedy": "nmtbench greedy", "hf_greedy": "HF generate() greedy"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,21 +153,26 @@ def run(args: argparse.Namespace) -> int:
     model = TransformerSeq2Seq(cfg, vocab_size=args.vocab_size, pad_id=PAD).eval()
     n = len(lines)
     src_tokens = sum(int(lens.sum()) for _, lens in batches)
+    load_start = os.getloadavg()[0]
     print(f"[decode] {n} sentences of {args.input.name} ({src_tokens / n:.1f} source ids on average), "
           f"{len(batches)} length-sorted batches of {args.batch_size}, beam {args.beam_size}, "
-          f"Transformer base, vocab {args.vocab_size}, {torch.get_num_threads()} threads, cpu")
+          f"Transformer base, vocab {args.vocab_size}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, cpu, load {load_start:.1f}", flush=True)
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    K = args.beam_size
     runners = {
-        "cache": lambda b: run_nmtbench(model, [b], args.beam_size, use_cache=True),
-        "no_cache": lambda b: run_nmtbench(model, [b], args.beam_size, use_cache=False),
+        "cache": lambda b: run_nmtbench(model, [b], K, use_cache=True),
+        "no_cache": lambda b: run_nmtbench(model, [b], K, use_cache=False),
+        "greedy": lambda b: run_nmtbench(model, [b], 1, use_cache=True),
     }
-    if "hf" in systems:
-        try:
-            hf_model = build_hf(cfg, args.vocab_size)
-            runners["hf"] = lambda b: run_hf(hf_model, [b], args.beam_size)
-        except ImportError:
-            print("[decode] transformers is not installed: skipping HF generate()")
+    reason = peers.missing("transformers")
+    if reason is None:
+        hf_model = peers.marian(cfg, args.vocab_size).eval()
+        runners["hf"] = lambda b: run_hf(hf_model, [b], K)
+        runners["hf_greedy"] = lambda b: run_hf(hf_model, [b], 1)
+    elif {"hf", "hf_greedy"} & set(systems):
+        print(f"[decode] {reason}")
     systems = [s for s in systems if s in runners]
     # The no-cache search is O(T^2) and slow: it runs on `--no-cache-batches` batches at the
     # centres of equal slices of the length-sorted list (one batch = the median lengths); its
@@ -185,24 +190,36 @@ def run(args: argparse.Namespace) -> int:
                 continue
             seconds, tokens = runners[name](batch)
             times[name][i] = (seconds, tokens, batch[0].size(0))
-
-    labels = {"cache": "nmtbench beam (cache)", "no_cache": "nmtbench beam (no cache)",
-              "hf": "HF MarianMT generate()"}
+        print(f"  batch {i + 1}/{len(batches)} ({tuple(batch[0].shape)}): "
+              + ", ".join(f"{name} {times[name][i][0]:.1f} s" for name in order if i in times[name]), flush=True)
 
     def rate(name: str, only: set[int] | None = None) -> float:
         rows = [v for i, v in times[name].items() if only is None or i in only]
         return sum(r[2] for r in rows) / sum(r[0] for r in rows)
 
+    results: dict = {"beam_size": K, "num_sentences": n, "threads": torch.get_num_threads(),
+                     "load_avg_start": load_start, "versions": {"torch": torch.__version__}, "systems": {}}
     for name in systems:
         secs = sum(v[0] for v in times[name].values())
         toks = sum(v[1] for v in times[name].values())
         sents = sum(v[2] for v in times[name].values())
-        print(f"  {labels[name]:<26} {sents:5d} sentences {secs:8.1f} s  {sents / secs:7.2f} sentences/s  "
+        results["systems"][name] = {"sentences_per_s": sents / secs, "tokens_per_s": toks / secs,
+                                    "sentences": sents, "seconds": secs}
+        print(f"  {LABELS[name]:<28} {sents:5d} sentences {secs:8.1f} s  {sents / secs:7.2f} sentences/s  "
               f"{toks / secs:8.1f} tokens/s")
-    if "cache" in times and "no_cache" in times:
-        common = set(times["no_cache"])
-        print(f"  cache / no cache (same {len(common)} batches): "
-              f"{rate('cache', common) / rate('no_cache', common):.2f}x")
-    if "cache" in times and "hf" in times:
-        print(f"  nmtbench (cache) / HF generate(): {rate('cache') / rate('hf'):.2f}x")
+
+    def ratio(a: str, b: str, only: set[int] | None = None) -> float | None:
+        return rate(a, only) / rate(b, only) if a in times and b in times else None
+
+    common = set(times.get("no_cache", {}))
+    results.update(speedup_vs_peer=ratio("cache", "hf"), speedup_vs_peer_greedy=ratio("greedy", "hf_greedy"),
+                   cache_vs_no_cache=ratio("cache", "no_cache", common) if common else None,
+                   load_avg_end=os.getloadavg()[0])
+    for key, label in (("speedup_vs_peer", f"nmtbench / HF generate(), beam {K}"),
+                       ("speedup_vs_peer_greedy", "nmtbench / HF generate(), greedy"),
+                       ("cache_vs_no_cache", f"cache / no cache (same {len(common)} batches)")):
+        if results[key] is not None:
+            print(f"  {label}: {results[key]:.2f}x")
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
     return 0

@@ -8,7 +8,7 @@ Setup (documented because it decides what the numbers mean):
   small: 2 layers, 256 units, 256-dim embeddings, vocabulary 8000 (the smoke/mini scale);
   paper: 4 layers, 1000 units, 1000-dim embeddings, vocabulary 50000 (Luong et al. 2015).
 - Variants: `feed` = luong attention (dot) with input feeding (Python loop over target
-  steps through `torch.lstm_cell`), `nofeed` = the same attention without input feeding (one
+  steps, `nmtbench.models.recurrence`), `nofeed` = the same attention without input feeding (one
   nn.LSTM call over the whole target + batched attention), `none` = no attention
   (Sutskever et al. 2014); `bahdanau` / `bahdanau-nofeed` optional.
 - One training step = forward + cross-entropy + backward (no optimiser update) on a batch of
@@ -21,8 +21,9 @@ Reported: wall and process-CPU ms/step, target tokens per wall second and per CP
 with `--threads 1` and read the CPU columns: other processes stretch the wall clock.
 
 Then, for the input-feeding decoder loop alone (decoder + attention + output layer, fwd +
-bwd), the two ways to run one step of the stacked LSTM: `torch.lstm_cell` per layer on the
-nn.LSTM's weights (what lstm.py does) vs calling the nn.LSTM itself on a length-1 sequence.
+bwd), two ways to run the steps of the stacked LSTM: lstm.py's loop (one [x; h] product per
+layer on the nn.LSTM's weights, gradients of shared weights deferred) vs calling the
+nn.LSTM itself on a length-1 sequence.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--no-step-compare", action="store_true",
-                        help="skip the lstm_cell vs nn.LSTM-per-step comparison")
+                        help="skip the lstm.py loop vs nn.LSTM-per-step comparison")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -132,7 +133,7 @@ def _compare_step_impls(model: LSTMSeq2Seq, src, lens, tgt, device, warmup, step
         out = _nn_lstm_feed_loop(model, emb.detach().requires_grad_(), memory)
         model.output(out).sum().backward()
 
-    return {"torch.lstm_cell per layer": _time(cell_stack, device, warmup, steps),
+    return {"lstm.py feeding loop": _time(cell_stack, device, warmup, steps),
             "nn.LSTM per step (seq_len 1)": _time(nn_lstm_per_step, device, warmup, steps)}
 
 

@@ -83,7 +83,7 @@ class TransformerEncoder(nn.Module):
         self.model = TransformerSeq2Seq(cfg, vocab_size=vocab_size, pad_id=PAD)
 
     def forward(self, src: torch.Tensor, src_lens: torch.Tensor) -> torch.Tensor:
-        return self.model.encode(src, src_lens)["enc"]  # (B, S, width)
+        return self.model.encoder_states(src, src_lens)[0]  # (B, S, width)
 
     def encoder_parameters(self) -> int:
         return sum(p.numel() for layer in self.model.encoder for p in layer.parameters())

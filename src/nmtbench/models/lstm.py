@@ -18,15 +18,11 @@ the decoder LSTM runs over the whole target at once (one nn.LSTM call) and atten
 steps is two batched matmuls, the GNMT-style fast path (Wu et al. 2016). For luong this is
 Table 1's "global attention" row without "feed input"; for bahdanau the context then only
 reaches the output layer. With feeding, the decoder is a Python loop over steps on the
-nn.LSTM's own weights through `torch.lstm_cell` (measured faster than nn.LSTM called per step:
-`python scripts/benchmark.py lstm`: nn.LSTM per step is 1.1-1.25x (small) to 2.3-3.5x (paper size)
-slower on CPU; on GPU lstm_cell is one fused kernel);
-embeddings, the encoder-side attention keys (W_a h_s) and the output layer are computed once
-for all steps, outside the loop. Step outputs are collected in a list and stacked once:
-writing them into a preallocated (B, T, H) tensor adds a CopySlices autograd node per step
-whose backward copies the whole (B, T, H) gradient (O(T^2) traffic; ~3x slower at T = 50).
-Precomputing the embedding half of the first layer's gates for all steps measured no faster
-on CPU than the per-step concat.
+nn.LSTM's own weights; everything that does not depend on the previous step is computed once
+outside it: embeddings, the embedding half of layer 1's gates, the encoder-side attention keys
+(W_a h_s) and the output layer. Weights and encoder states read at every step get their
+gradients in one product after the loop (`nmtbench.models.recurrence`), and step outputs are
+stacked once. The measurements behind these choices: docs/performance.md.
 
 Deviations from the papers (all three used word-level vocabularies and MATLAB/Theano code):
 - One joint BPE vocabulary (`data.vocab_size`) instead of separate 50k word vocabularies
@@ -69,6 +65,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmtbench.models.attention import SCORES, GlobalAttention, padding_bias
+from nmtbench.models.recurrence import Tape, lstm_step, step_attention, step_linear
 
 ATTENTIONS = ("none", "luong", "bahdanau")
 
@@ -200,23 +197,55 @@ class LSTMSeq2Seq(nn.Module):
         Returns the output-layer input (B, T, H), attention weights (B, T, S) and feed."""
         luong = self.cfg.attention == "luong"
         weights = self.decoder.all_weights  # per layer [w_ih, w_hh, b_ih, b_hh]
+        E, L = emb.size(-1), len(weights)
+        # Weights and encoder states used at every step go through `recurrence.Tape`: their
+        # gradients are formed once after the loop instead of step by step.
+        tapes = [Tape() for _ in range(L + 1)]  # one per layer, one for W_c
+        w_ih, w_hh, b_ih, b_hh = weights[0]
+        # Layer 1's input is [emb(y_{t-1}); feed]: the embedding half of its gates for all
+        # steps is one large GEMM; per step only [feed; h] @ [W_ih[:, E:] | W_hh]^T remains.
+        emb_gates = F.linear(emb, w_ih[:, :E], b_ih + b_hh)  # (B, T, 4H)
+        cells = [(w_ih[:, E:], w_hh)] + [(w[0], w[1]) for w in weights[1:]]  # per layer (in, H)
+        if torch.is_grad_enabled():  # one [W_ih | W_hh] (4H, in + H) product per step
+            cells = [tape.share(torch.cat(w, dim=1)) for tape, w in zip(tapes, cells)]
+        biases = [None] + [w[2] + w[3] for w in weights[1:]]
+
+        def gates_of(k: int, x: Tensor, h_k: Tensor) -> Tensor:  # (B, 4H) without bias
+            if isinstance(cells[k], tuple):  # no gradient: two products, no weight copy
+                return F.linear(x, cells[k][0]) + F.linear(h_k, cells[k][1])
+            return step_linear(torch.cat([x, h_k], dim=1), cells[k], tapes[k])
+
+        w_c = tapes[L].share(self.combine.weight)  # W_c (H, 2H)
+        fast_attention = luong and self.attention.score != "concat"
+        if fast_attention:
+            mem_tape = Tape()
+            values = mem_tape.share(memory["enc_out"])  # (B, S, H)
+            key_tape = Tape() if "enc_keys" in memory else mem_tape  # dot: keys are the values
+            keys = key_tape.share(memory["enc_keys"]) if "enc_keys" in memory else values
         outs, attns = [], []
-        for t in range(emb.size(1)):
+        for gates_t in emb_gates.unbind(1):  # (B, 4H); unbind: one backward node for all steps
             if not luong:  # bahdanau: c_t from s_{t-1}, fed with y_{t-1} (eq. 4)
                 context, attn = self._attend(h[-1].unsqueeze(1), memory)
                 feed = context.squeeze(1)  # (B, H)
-            x = torch.cat([emb[:, t], feed], dim=1)  # (B, E + H)
-            for k, w in enumerate(weights):
-                if k > 0:
+            x = None
+            for k in range(L):
+                if k == 0:
+                    gates = gates_t + gates_of(0, feed, h[0])
+                else:
                     x = F.dropout(x, self.cfg.dropout, self.training)  # as nn.LSTM's dropout
-                h[k], c[k] = torch.lstm_cell(x, (h[k], c[k]), *w)  # (B, H) each
+                    gates = gates_of(k, x, h[k]) + biases[k]
+                h[k], c[k] = lstm_step(gates, h[k], c[k])  # (B, H) each
                 x = h[k]
-            if luong:  # c_t from h_t (eq. 7)
+            if fast_attention:  # c_t from h_t (eq. 7)
+                context, attn = step_attention(x.unsqueeze(1), keys, values, memory["src_bias"],
+                                               key_tape, mem_tape)
+                context = context.squeeze(1)
+            elif luong:
                 context, attn = self._attend(x.unsqueeze(1), memory)
                 context = context.squeeze(1)
             else:
                 context = feed
-            h_tilde = self.drop(torch.tanh(self.combine(torch.cat([context, x], dim=1))))  # (B, H)
+            h_tilde = self.drop(torch.tanh(step_linear(torch.cat([context, x], dim=1), w_c, tapes[L])))
             if luong:
                 feed = h_tilde  # h~_t is fed to step t + 1 (section 3.3)
             outs.append(h_tilde)

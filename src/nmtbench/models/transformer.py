@@ -8,12 +8,20 @@ The defaults of `TransformerConfig` are the paper's base model (Table 3, row "ba
 Shapes: B batch, S source length, T target length, D d_model, H heads, Dh = D / H,
 F d_ff, V vocabulary.
 
-Memory (`encode`): {"enc": (B, S, D), "src_mask": (B, S) bool, True = real token} and, per
-decoder layer, the encoder-decoder attention keys/values "dec{i}.cross_k" / "dec{i}.cross_v"
-(B, H, S, Dh), projected once per sentence. They live in the memory rather than in the cache
-because the beams of a sentence share them: beam search reorders the cache every step but
-the memory only when finished sentences leave the batch (measured on CPU, beam 4: copying
-them each step cost more than the decoder step itself).
+Memory (`encode`): {"src_mask": (B, S) bool, True = real token} and, per decoder layer, the
+encoder-decoder attention keys/values "dec{i}.cross_k" / "dec{i}.cross_v" (B, H, S, Dh),
+projected once per sentence. They live in the memory rather than in the cache because the
+beams of a sentence share them: beam search reorders the cache every step but the memory
+only when finished sentences leave the batch (docs/performance.md). The encoder output itself is not kept (no
+decoder step reads it; `encoder_states` returns it). `shares_memory_across_beams`: `decode`
+also accepts a memory of B sentences for B * k token rows (row r belongs to sentence r // k),
+so beam search never copies the memory per beam: cross-attention then runs the k beams of a
+sentence as k query positions against one copy of its keys/values (4x less memory traffic at
+beam 4).
+
+Attention runs through `F.scaled_dot_product_attention`: the decoder's teacher-forced
+self-attention passes `is_causal=True` instead of a (T, T) mask, so SDPA's fused kernels skip
+the masked half of the scores; padding masks are boolean (True = attend).
 
 Decoder cache (incremental decoding, see `decode`): a flat dict of tensors, all batch-first,
     "dec{i}.self_k" / "dec{i}.self_v"   (B, H, t, Dh)  self-attention keys/values of the prefix
@@ -88,11 +96,12 @@ class MultiHeadAttention(nn.Module):
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (B, L, D) -> 2 x (B, H, L, Dh)
         return self._split(self.k_proj(x)), self._split(self.v_proj(x))
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        # x (B, L, D); k, v (B, H, M, Dh); mask bool, True = attend, broadcast to (B, H, L, M)
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool = False) -> Tensor:
+        # x (B, L, D); k, v (B, H, M, Dh); mask bool, True = attend, broadcast to (B, H, L, M);
+        # is_causal: position i attends to 0..i (L == M), mask must be None
         q = self._split(self.q_proj(x))  # (B, H, L, Dh)
         p = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
         return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, L, D)
 
 
@@ -143,11 +152,10 @@ class DecoderLayer(nn.Module):
             return x + self.dropout(fn(norm(x)))
         return norm(x + self.dropout(fn(x)))  # LayerNorm(x + Sublayer(x)) (section 3.1)
 
-    def forward(
-        self, x: Tensor, memory: dict[str, Tensor], causal: Tensor | None, cache: dict | None
-    ) -> Tensor:
-        # x (B, t, D) (t = 1 when incremental); memory from `encode` (cross K/V (B, H, S, Dh));
-        # causal (t, t) bool or None (incremental: the new position sees the whole prefix)
+    def forward(self, x: Tensor, memory: dict[str, Tensor], cache: dict | None) -> Tensor:
+        # x (B, t, D); memory from `encode` (cross K/V (B, H, S, Dh)). cache None: teacher
+        # forcing, causal self-attention over the t positions; cache dict: incremental, t = 1
+        # and the new position attends to the whole cached prefix (no mask needed)
         def self_attention(h: Tensor) -> Tensor:
             k, v = self.self_attn.project_kv(h)  # (B, H, t, Dh)
             if cache is not None:
@@ -155,11 +163,17 @@ class DecoderLayer(nn.Module):
                     k = torch.cat([cache[f"{self.name}.self_k"], k], dim=2)  # (B, H, t+1, Dh)
                     v = torch.cat([cache[f"{self.name}.self_v"], v], dim=2)
                 cache[f"{self.name}.self_k"], cache[f"{self.name}.self_v"] = k, v
-            return self.self_attn(h, k, v, causal)
+            return self.self_attn(h, k, v, None, is_causal=cache is None)
 
         def cross_attention(h: Tensor) -> Tensor:
-            k, v = memory[f"{self.name}.cross_k"], memory[f"{self.name}.cross_v"]  # (B, H, S, Dh)
-            return self.cross_attn(h, k, v, memory["src_mask"][:, None, None, :])
+            k, v = memory[f"{self.name}.cross_k"], memory[f"{self.name}.cross_v"]  # (Bm, H, S, Dh)
+            mask = memory["src_mask"][:, None, None, :]  # (Bm, 1, 1, S)
+            beams = h.size(0) // k.size(0)  # token rows per memory row (beam search: k)
+            if beams == 1:
+                return self.cross_attn(h, k, v, mask)
+            # (Bm * k, t, D) -> (Bm, k * t, D): a sentence's beams become extra query positions
+            out = self.cross_attn(h.reshape(k.size(0), -1, h.size(-1)), k, v, mask)
+            return out.reshape(h.shape)
 
         x = self._sublayer(x, self.norm1, self_attention)
         x = self._sublayer(x, self.norm2, cross_attention)
@@ -169,6 +183,8 @@ class DecoderLayer(nn.Module):
 class TransformerSeq2Seq(nn.Module):
     """Encoder-decoder Transformer implementing the nmtbench model interface
     (docs/interfaces.md)."""
+
+    shares_memory_across_beams = True  # decode takes B memory rows for B * k token rows
 
     def __init__(self, cfg: TransformerConfig, vocab_size: int, pad_id: int):
         super().__init__()
@@ -224,17 +240,21 @@ class TransformerSeq2Seq(nn.Module):
         weight = self.tgt_embed.weight if self.cfg.share_embeddings else self.out_proj.weight
         return F.linear(h, weight)
 
-    def encode(self, src: Tensor, src_lens: Tensor) -> dict[str, Tensor]:
-        # src (B, S) long; src_lens (B,) -> memory (module docstring): enc (B, S, D),
-        # src_mask (B, S) bool (True = token), dec{i}.cross_k / dec{i}.cross_v (B, H, S, Dh)
+    def encoder_states(self, src: Tensor, src_lens: Tensor) -> tuple[Tensor, Tensor]:
+        # src (B, S) long; src_lens (B,) -> encoder output (B, S, D), src_mask (B, S) bool
         S = src.size(1)
         src_mask = torch.arange(S, device=src.device)[None, :] < src_lens.to(src.device)[:, None]
         x = self._embed(self.src_embed, src)
         attn_mask = src_mask[:, None, None, :]  # (B, 1, 1, S)
         for layer in self.encoder:
             x = layer(x, attn_mask)
-        enc = self.enc_norm(x)
-        memory = {"enc": enc, "src_mask": src_mask}
+        return self.enc_norm(x), src_mask
+
+    def encode(self, src: Tensor, src_lens: Tensor) -> dict[str, Tensor]:
+        # src (B, S) long; src_lens (B,) -> memory (module docstring): src_mask (B, S) bool
+        # (True = token), dec{i}.cross_k / dec{i}.cross_v (B, H, S, Dh)
+        enc, src_mask = self.encoder_states(src, src_lens)
+        memory = {"src_mask": src_mask}
         for layer in self.decoder:  # encoder-decoder keys/values, once per sentence
             memory[f"{layer.name}.cross_k"], memory[f"{layer.name}.cross_v"] = layer.cross_attn.project_kv(enc)
         return memory
@@ -246,15 +266,12 @@ class TransformerSeq2Seq(nn.Module):
         Incremental (cache dict, start with {}): prev_tokens (B, t) is the whole prefix and only
         prev_tokens[:, -1] is new -> logits (B, 1, V) and the updated cache."""
         if cache is None:
-            T = prev_tokens.size(1)
             x = self._embed(self.tgt_embed, prev_tokens)  # (B, T, D)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()  # (T, T)
         else:
             step = prev_tokens.size(1) - 1
             x = self._embed(self.tgt_embed, prev_tokens[:, -1:], offset=step)  # (B, 1, D)
-            causal = None
         for layer in self.decoder:
-            x = layer(x, memory, causal, cache)
+            x = layer(x, memory, cache)
         return self._logits(self.dec_norm(x)), cache
 
     def forward(self, src: Tensor, src_lens: Tensor, tgt_in: Tensor) -> Tensor:
@@ -271,7 +288,8 @@ class TransformerSeq2Seq(nn.Module):
         Counts 2*m*n*k for every matmul: Q/K/V/O projections, attention scores and the
         weighted sum, FFN, output projection. Uses each sequence's own (unpadded) lengths S_i,
         T_i, i.e. the useful work; a padded batch executes more. Attention is counted over the
-        full S x S / T x T / T x S score matrices (causal masking does not skip work in SDPA).
+        full S x S / T x T / T x S score matrices (the usual convention, although SDPA's causal
+        kernels may skip the masked half).
         Embedding lookups, softmax, LayerNorm, biases and activations are ignored (O(L*D)).
         """
         c = self.cfg
