@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
