@@ -201,7 +201,8 @@ def validate_every_optimizer_steps(trainer: L.Trainer) -> None:
     checkpoint) after the same optimizer steps. Fractions of an epoch, time-based intervals
     and fast_dev_run are left alone.
     """
-    interval = trainer.val_check_interval
+    # A time-based interval ("DD:HH:MM:SS") leaves `val_check_interval` unset in Lightning.
+    interval = getattr(trainer, "val_check_interval", None)
     k = trainer.accumulate_grad_batches
     if k > 1 and isinstance(interval, int) and not isinstance(interval, bool) and not trainer.fast_dev_run:
         trainer.val_check_interval = interval * k
