@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import importlib
 import io
+import os
 import re
 import runpy
 import shlex
@@ -80,8 +81,23 @@ BUILTINS = {"cd", ".", "source", "export", "set", "echo", "exit", "true", "false
 WRAPPERS = {"srun", "timeout", "env", "nohup", "time", "nice", "exec"}  # run the command after them
 CLUSTER_TOOLS = {"scontrol", "squeue", "scancel", "sinfo", "nvidia-smi"}  # not on a CPU machine
 PATH_ROOTS = ("configs/", "scripts/", "src/", "docs/", "tests/", "benchmarks/", ".github/")
-FILE_SUFFIXES = (".py", ".yaml", ".yml", ".json", ".md", ".txt", ".ckpt", ".log", ".csv", ".png", ".sh",
-                 ".sbatch", ".toml", ".model", ".vocab")
+FILE_SUFFIXES = (
+    ".py",
+    ".yaml",
+    ".yml",
+    ".json",
+    ".md",
+    ".txt",
+    ".ckpt",
+    ".log",
+    ".csv",
+    ".png",
+    ".sh",
+    ".sbatch",
+    ".toml",
+    ".model",
+    ".vocab",
+)
 # Deliberate mistakes the docs show on purpose -> a word their error message must contain.
 EXPECTED_ERRORS = {"model.d_modle=64": "d_modle"}
 
@@ -117,7 +133,17 @@ def _run_entry(call, argv: list[str]) -> tuple[str | None, str | None]:
             kind.append("hydra")
             # A whole-argument placeholder (`<overrides>`, now `x`) stands for any overrides.
             overrides = [a for a in sys.argv[1:] if a != "x"]
-            shows = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
+            shows = {
+                "--cfg",
+                "-c",
+                "--info",
+                "-i",
+                "--help",
+                "-h",
+                "--hydra-help",
+                "--shell-completion",
+                "-sc",
+            }
             if not shows & set(overrides):  # else it shows something already and runs nothing
                 overrides += ["--cfg", "job"]
             return original(self, overrides, namespace)
@@ -137,9 +163,13 @@ def _run_entry(call, argv: list[str]) -> tuple[str | None, str | None]:
     except _Parsed:
         error = None
     except SystemExit as exc:
-        error = None if exc.code in (None, 0) else (err.getvalue().strip() or f"exit status {exc.code}")
+        error = (
+            None if exc.code in (None, 0) else (err.getvalue().strip() or f"exit status {exc.code}")
+        )
         if not kind and error and "Unknown config key" in error:
-            kind.append("hydra")  # the entry point's key check (nmtbench.config) runs before Hydra's parser
+            kind.append(
+                "hydra"
+            )  # the entry point's key check (nmtbench.config) runs before Hydra's parser
     except Exception as exc:  # an import error, a missing config, ...
         error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -179,17 +209,25 @@ def check_command(argv: list[str]) -> str | None:
         def run_script() -> None:
             runpy.run_path(str(script), run_name="__main__")
 
-        return _first_problem(_run_entry(run_script, [str(script), *variant])[1] for variant in _sweeps(args[1:]))
+        return _first_problem(
+            _run_entry(run_script, [str(script), *variant])[1] for variant in _sweeps(args[1:])
+        )
     if prog == "torchrun":
         from torch.distributed.run import get_args_parser
 
         parsed = get_args_parser().parse_args(args)
         return check_command(["python", parsed.training_script, *parsed.training_script_args])
     if prog in CONSOLE_SCRIPTS:
-        return _first_problem(_run_entry(_console_script(prog), [prog, *variant])[1] for variant in _sweeps(args))
+        return _first_problem(
+            _run_entry(_console_script(prog), [prog, *variant])[1] for variant in _sweeps(args)
+        )
     if prog in ("bash", "sh", "sbatch"):  # a script file, then its arguments
         files = [a for a in args if not a.startswith("-")]
-        return _bash_syntax(ROOT / files[0]) if files else (None if prog != "sbatch" else "sbatch without a script")
+        return (
+            _bash_syntax(ROOT / files[0])
+            if files
+            else (None if prog != "sbatch" else "sbatch without a script")
+        )
     if prog in WRAPPERS:  # `srun [options] CMD`, `timeout 60 CMD`, `env A=1 CMD`: check CMD
         i = 0  # skip the wrapper's options, assignments and durations/counts
         while i < len(args) and re.fullmatch(r"-.*|[A-Za-z_]\w*=\S*|[\d.]+[smhd]?", args[i]):
@@ -198,7 +236,17 @@ def check_command(argv: list[str]) -> str | None:
     if prog.endswith(".sh") or prog.startswith(("scripts/", "./")):
         return _bash_syntax(ROOT / prog)
     if prog == "make":
-        result = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            ["make", "-n", "--no-print-directory", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            # Under `make test` the parent make exports MAKEFLAGS (with -w): a nested make would
+            # print "Entering directory" lines that are not commands.
+            env={
+                k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+            },
+        )
         if result.returncode:
             return result.stderr.strip()
         for line in result.stdout.splitlines():
@@ -223,12 +271,14 @@ def _sweeps(args: list[str]) -> list[list[str]]:
         return [args]
     args = [a for a in args if a not in ("-m", "--multirun")]
     split = [a.partition("=") for a in args]
-    first = [f"{k}={v.split(',')[0]}" if sep and "," in v and not re.search(r"[\[({]", v) else a
-             for a, (k, sep, v) in zip(args, split)]
+    first = [
+        f"{k}={v.split(',')[0]}" if sep and "," in v and not re.search(r"[\[({]", v) else a
+        for a, (k, sep, v) in zip(args, split)
+    ]
     variants = [first]
     for i, (k, sep, v) in enumerate(split):
         if sep and "," in v and not re.search(r"[\[({]", v):
-            variants += [first[:i] + [f"{k}={alt}"] + first[i + 1:] for alt in v.split(",")[1:]]
+            variants += [first[:i] + [f"{k}={alt}"] + first[i + 1 :] for alt in v.split(",")[1:]]
     return variants
 
 
@@ -299,7 +349,9 @@ def known_keys() -> set[str]:
     GlobalHydra.instance().clear()
     for cfg in composed:
         _KNOWN_KEYS.update(_keys(OmegaConf.to_container(cfg, resolve=False), targets=_TARGETS))
-        _TARGETS.setdefault("model", set()).add(f"nmtbench.models:{cfg.get('model', {}).get('name')}")
+        _TARGETS.setdefault("model", set()).add(
+            f"nmtbench.models:{cfg.get('model', {}).get('name')}"
+        )
     return _KNOWN_KEYS
 
 
@@ -334,7 +386,7 @@ def check_overrides(tokens: list[str]) -> str | None:
     resolved = []
     for token in tokens:
         prefix = re.match(r"^[+~]?", token).group(0)
-        key, _, value = token[len(prefix):].partition("=")
+        key, _, value = token[len(prefix) :].partition("=")
         if PLACEHOLDER.search(key):
             matches = sorted(k for k in known_keys() if _key_pattern(key).match(k))
             if not matches:
@@ -364,7 +416,7 @@ def _alternatives(text: str) -> list[str]:
     match = re.search(r"(?<!\$)\{([^{}\s]*,[^{}\s]*)\}", text)
     if not match:
         return [text]
-    head, tail = text[: match.start()], text[match.end():]
+    head, tail = text[: match.start()], text[match.end() :]
     return [x for alt in match.group(1).split(",") for x in _alternatives(head + alt + tail)]
 
 
@@ -382,17 +434,30 @@ def check_inline(span: str) -> str | None:
     text = _normalize(span)
     tokens = text.split()
     first = tokens[0]
-    if len(tokens) > 1 and (first in ("python", "python3", "torchrun", "make", "bash", "sbatch")
-                            or first in CONSOLE_SCRIPTS or first.startswith("scripts/")):
+    if len(tokens) > 1 and (
+        first in ("python", "python3", "torchrun", "make", "bash", "sbatch")
+        or first in CONSOLE_SCRIPTS
+        or first.startswith("scripts/")
+    ):
         return check_line(span)
     if len(tokens) == 1 and first.startswith(f"{PROJECT}-"):
-        return None if first in CONSOLE_SCRIPTS else f"{first} is not a console script of pyproject.toml"
+        return (
+            None
+            if first in CONSOLE_SCRIPTS
+            else f"{first} is not a console script of pyproject.toml"
+        )
     if len(tokens) == 1 and text.endswith("=") and text[:-1] in known_keys():
         return None  # `trainer=`: names the option of a group
     if all(OVERRIDE.match(PLACEHOLDER.sub("x", t)) for t in tokens):
-        tokens = [t for t in tokens if not re.match(r"^[A-Z_][A-Z0-9_]*=", t)]  # environment variables
+        tokens = [
+            t for t in tokens if not re.match(r"^[A-Z_][A-Z0-9_]*=", t)
+        ]  # environment variables
         return check_overrides(tokens) if tokens else None
-    if len(tokens) == 1 and KEY.match(PLACEHOLDER.sub("x", text)) and not text.endswith(FILE_SUFFIXES):
+    if (
+        len(tokens) == 1
+        and KEY.match(PLACEHOLDER.sub("x", text))
+        and not text.endswith(FILE_SUFFIXES)
+    ):
         if text.split(".")[0] not in {k.split(".")[0] for k in known_keys()}:
             return None  # `nmtbench.scoring`, `torch.nn`: not a config key
         if any(_key_pattern(text).match(k) for k in known_keys()) or _builds_attribute(text):
