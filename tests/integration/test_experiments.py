@@ -86,6 +86,9 @@ def test_mini_rows_compose_from_the_shared_base():
         assert cfg.trainer.max_time == "00:00:20:00" and cfg.trainer.max_steps == -1
         assert (cfg.callbacks.bleu.beam_size, cfg.callbacks.bleu.max_sentences) == (1, 500)
         assert (cfg.callbacks.bleu.test_beam_size, cfg.callbacks.bleu.length_penalty) == (4, 0.6)
+        # >= 8 validation points in 20 minutes whatever the row's speed; a 10-minute snapshot
+        assert cfg.trainer.val_check_interval == "00:00:02:00"
+        assert cfg.callbacks.snapshot_checkpoint.train_time_interval.minutes == 10
     models = {(c.model.name, c.model.get("attention")) for c in cfgs.values()}
     assert models == {("lstm", "none"), ("lstm", "luong"), ("transformer", None)}
     lstm = [c for c in cfgs.values() if c.model.name == "lstm"]
