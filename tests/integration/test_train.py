@@ -109,3 +109,42 @@ def test_time_based_validation_interval(tiny_cfg, tmp_path):
     from nmtbench.results_schema import load_results
 
     assert load_results(tmp_path / "run" / "results.json")["steps"] == 12
+
+
+@pytest.mark.slow
+def test_a_time_limited_run_ends_with_one_complete_validation_of_its_final_weights(tiny_cfg, tmp_path,
+                                                                                   monkeypatch):
+    # No validation is due by step count: the only one is the one Lightning runs when the
+    # Timer stops training (issue: "the validation after max_time scored 5 BLEU under the one
+    # before"). It must be complete (every sentence of the BLEU subset), in eval mode, of the
+    # final weights, and last.ckpt must hold that final step.
+    import lightning as L
+
+    modes: list[bool] = []
+
+    class RecordMode(L.Callback):
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            modes.append(pl_module.training)
+
+    from nmtbench import train as train_mod
+
+    cfg = tiny_cfg(TINY_TRANSFORMER + ["test=false", "trainer.max_steps=-1", "trainer.max_epochs=-1",
+                                       "trainer.max_time=00:00:00:03", "trainer.val_check_interval=100000",
+                                       "trainer.check_val_every_n_epoch=null", "callbacks.bleu.max_len_b=8"])
+    original = train_mod.instantiate_group
+
+    def with_recorder(group):
+        objects = original(group)
+        return [*objects, RecordMode()] if group is not None and "bleu" in group else objects
+
+    monkeypatch.setattr(train_mod, "instantiate_group", with_recorder)
+    metrics = train(cfg)
+    from nmtbench.results_schema import load_results
+
+    results = load_results(tmp_path / "run" / "results.json")
+    assert results["steps"] > 0
+    assert [p["step"] for p in results["val_curve"]] == [results["steps"]]
+    assert modes and not any(modes)  # every validation batch ran with the model in eval mode
+    assert metrics["val/bleu_sentences"] == 40  # the whole toy validation set was decoded
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == results["steps"]
