@@ -160,12 +160,10 @@ class Seq2SeqModule(L.LightningModule):
                 f"The tokenizer has {tokenizer.vocab_size} pieces but the model was built for {vocab}; "
                 "rebuild the data cache or set data.vocab_size to match."
             )
-        if self.tokenizer is not None and self.tokenizer.sha256 != tokenizer.sha256:
-            raise CheckpointError(
-                f"Tokenizer mismatch: the checkpoint was trained with {self.tokenizer.describe()}, but the "
-                f"data gives {tokenizer.describe()}. Use the data settings (and cache) the run was "
-                "trained with, or drop data.* overrides: the checkpoint carries its own tokenizer."
-            )
+        if self.tokenizer is not None:
+            tokenizer_must_match(self.tokenizer, tokenizer, fix=(
+                "Use the data settings (and cache) the run was trained with, or drop data.* overrides: "
+                "the checkpoint carries its own tokenizer."))
         self.tokenizer = tokenizer
 
     # -- checkpoints: self-contained (tokenizer inside) and checked on load -------------
@@ -323,13 +321,16 @@ class Seq2SeqModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
 
-def tokenizer_must_match(saved, data) -> None:
-    """A resumed run's data tokenizer must be the checkpoint's (same SentencePiece model)."""
+RESUME_FIX = ("Resume with the data settings the checkpoint was trained with (same data.* and cache), "
+              "or start a new run (ckpt_path=null).")
+
+
+def tokenizer_must_match(saved, data, fix: str = RESUME_FIX) -> None:
+    """The data's tokenizer must be the checkpoint's (same SentencePiece model); `fix` says what to do."""
     if saved.sha256 != data.sha256:
         raise CheckpointError(
             f"Tokenizer mismatch: the checkpoint was trained with {saved.describe()}, but this run's "
-            f"data gives {data.describe()}. Resume with the data settings the checkpoint was trained "
-            "with (same data.* and cache), or start a new run (ckpt_path=null)."
+            f"data gives {data.describe()}. {fix}"
         )
 
 

@@ -188,11 +188,6 @@ def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
     return BatchPlan(accumulation, per_device, world_size)
 
 
-def gradient_accumulation(cfg: DictConfig, world_size: int) -> int:
-    """Micro-batches per optimizer step (see `batch_plan`)."""
-    return batch_plan(cfg, world_size).accumulation
-
-
 def validate_every_optimizer_steps(trainer: L.Trainer) -> None:
     """Make an integer `trainer.val_check_interval` count optimizer steps, not micro-batches.
 
@@ -281,6 +276,11 @@ def compile_in_place(model: torch.nn.Module) -> None:
     model.compile(dynamic=True)
 
 
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The trainer's logged scalar metrics as floats."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and optionally test) the configured model; return the final metrics."""
     from nmtbench.data.config import load_data_config
@@ -347,15 +347,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         message = f"Stopped by SIGTERM after the last step ({trainer.global_step}); the test is skipped."
         rank_zero_only(log.warning)(message)
         raise Preempted(message)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = scalar_metrics(trainer)
 
     if cfg.get("test") and not trainer.fast_dev_run:
         trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint_to_test(cfg, trainer, output_dir))
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        metrics.update(scalar_metrics(trainer))
         averaged = average_after_fit(cfg, trainer, output_dir)
         if averaged is not None:
             trainer.test(module, datamodule=datamodule, ckpt_path=str(averaged))
-            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+            metrics.update(scalar_metrics(trainer))
     if trainer.is_global_zero:
         log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
     return metrics

@@ -28,7 +28,7 @@ import torch
 from nmtbench.data.batching import TokenBatchSampler
 from nmtbench.data.datamodule import Seq2SeqDataModule
 from nmtbench.errors import ConfigError
-from nmtbench.train import BatchPlan, batch_plan, degrade_gpu_settings, gradient_accumulation, train
+from nmtbench.train import BatchPlan, batch_plan, degrade_gpu_settings, train
 from tests.conftest import compose_config
 
 from ..conftest import TINY_TRANSFORMER
@@ -138,7 +138,7 @@ def runs(tmp_path_factory) -> Path:
     with open(root / "ddp_stdout.txt", "w") as out, open(root / "ddp_stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
         try:
-            assert gradient_accumulation(cfg, world_size=1) == 2
+            assert batch_plan(cfg, world_size=1).accumulation == 2
             train(cfg)
             returncode = proc.wait(timeout=600)
         finally:
