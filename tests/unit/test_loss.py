@@ -77,3 +77,39 @@ def test_label_smoothed_loss_of_bf16_logits_is_computed_in_fp32():
     torch.testing.assert_close(loss, ref)
     loss.backward()
     assert logits.grad.dtype == torch.bfloat16
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_compiled_loss_equals_the_chunked_loss(device, dtype, compiled):
+    """compile=true on CUDA trains with `compiled_loss_rows` (inductor); it gives the chunked
+    loss's values and gradients, for fp32 and bf16 logits and for two batch shapes (dynamic).
+    On CPU the graph is checked through aot_eager (inductor's C++ build is slow there)."""
+    from nmtbench.module import compiled_loss_rows, smoothed_cross_entropy_rows
+
+    if compiled:
+        rows_fn = compiled_loss_rows(backend="inductor" if device == "cuda" else "aot_eager")
+    else:
+        rows_fn = smoothed_cross_entropy_rows
+    for shape in [(3, 7, 1000), (5, 4, 1000)]:
+        g = torch.Generator().manual_seed(shape[0])
+        base = (3 * torch.randn(*shape, generator=g)).to(device=device, dtype=dtype)
+        target = torch.randint(1, shape[-1], shape[:2], generator=g).to(device)
+        target[0, -2:] = 0  # padding
+        results = []
+        for fn in (None, rows_fn):
+            logits = base.clone().requires_grad_()
+            loss, nll, ntok = label_smoothed_loss(logits, target, pad_id=0, epsilon=0.1, rows_fn=fn)
+            (grad,) = torch.autograd.grad(loss + 0.5 * nll, logits)
+            results.append((loss, nll, ntok, grad))
+        (loss_a, nll_a, ntok_a, grad_a), (loss_b, nll_b, ntok_b, grad_b) = results
+        assert loss_b.dtype == torch.float32 and grad_b.dtype == dtype and ntok_a == ntok_b
+        torch.testing.assert_close(loss_b, loss_a, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(nll_b, nll_a, rtol=1e-5, atol=1e-4)
+        tol = dict(rtol=1e-2, atol=1e-3) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grad_b, grad_a, **tol)
+        assert grad_b[0, -2:].abs().max().item() == 0.0  # no gradient at padding

@@ -300,3 +300,37 @@ def test_input_feeding_gradients_equal_plain_autograd(monkeypatch, attention, sc
     assert fast.keys() == plain.keys() and len(fast) > 5
     for name in plain:
         torch.testing.assert_close(fast[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("attention,score", [("luong", "dot"), ("luong", "general"), ("bahdanau", "dot")])
+def test_input_feeding_trains_under_bf16_autocast(monkeypatch, attention, score):
+    """trainer=gpu runs bf16-mixed: the feeding loop's hand-written backward gets bf16 grads
+    beside fp32 weights. Its gradients under autocast match plain autograd under autocast
+    (bf16 tolerance) and come back in each parameter's dtype (CPU autocast stands in for CUDA)."""
+    import nmtbench.models.lstm as lstm_module
+    from nmtbench.models.recurrence import Tape
+
+    src, src_lens, tgt = batch()
+
+    def grads(model):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(src, src_lens, tgt)
+        assert out.dtype == torch.bfloat16  # autocast did run the products in bf16
+        out.float().square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast = grads(tiny(attention, score, dropout=0.0))
+    monkeypatch.setattr(Tape, "share", lambda self, x: x)
+    monkeypatch.setattr(lstm_module, "step_linear", lambda x, w, tape: x @ w.t())
+
+    def plain_attention(query, keys, values, bias, *tapes):
+        weights = torch.baddbmm(bias, query, keys.transpose(1, 2)).softmax(dim=-1)
+        return torch.bmm(weights, values), weights
+
+    monkeypatch.setattr(lstm_module, "step_attention", plain_attention)
+    plain = grads(tiny(attention, score, dropout=0.0))
+    assert fast.keys() == plain.keys() and len(fast) > 5
+    for name in plain:
+        assert fast[name].dtype == torch.float32 and torch.isfinite(fast[name]).all(), name
+        error = (fast[name] - plain[name]).norm() / plain[name].norm().clamp_min(1e-12)
+        assert error < 0.05, (name, float(error))

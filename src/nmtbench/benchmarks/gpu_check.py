@@ -8,7 +8,8 @@ On a machine without CUDA (and no `--device`) it says so on stderr, prints
 - transformer_base: Transformer base (Vaswani et al. 2017, vocab 37000) training steps
   (forward, label-smoothed loss, backward, Adam) in bf16 autocast on a fixed batch of
   `--batch-tokens` target tokens (sources the same length): tokens/s and MFU over the
-  datasheet bf16 dense peak (`nmtbench.flops`), eager and with `model.compile()`.
+  datasheet bf16 dense peak (`nmtbench.flops`), eager and compiled as `compile=true` trains
+  (`model.compile()`, and the loss through `compiled_loss_rows`).
   Goal on H100/H200: MFU >= 0.40.
 - lstm_attention: Luong et al. 2015's model (4 x 1000, input feeding) training tokens/s, bf16.
 - decode: beam-4 sentences/s of Transformer base on newstest2014 sources, equal work as in
@@ -38,7 +39,7 @@ from nmtbench.benchmarks import REPO_ROOT, shared_data
 from nmtbench.flops import datasheet_peak_flops, measure_cpu_matmul_flops
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
-from nmtbench.module import label_smoothed_loss
+from nmtbench.module import compiled_loss_rows, label_smoothed_loss
 from nmtbench.optim import OptimConfig, build_optimizer
 
 NVML_FIELDS = ("gpu_util_mean", "gpu_mem_gb_max", "gpu_mem_gb_mean", "gpu_power_w_mean")
@@ -80,7 +81,7 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
 
 
 def train_rate(model: torch.nn.Module, device: torch.device, batch_tokens: int, length: int, steps: int,
-               epsilon: float, warmup: int) -> dict:
+               epsilon: float, warmup: int, loss_rows=None) -> dict:
     """Target tokens/s and MFU of full training steps on one fixed random batch."""
     B = max(1, batch_tokens // length)
     vocab = model.vocab_size
@@ -95,7 +96,7 @@ def train_rate(model: torch.nn.Module, device: torch.device, batch_tokens: int, 
         optimizer.zero_grad(set_to_none=True)
         with amp:
             logits = model(src, lens, tgt[:, :-1])
-        loss, _, ntok = label_smoothed_loss(logits, tgt[:, 1:], 0, epsilon)
+        loss, _, ntok = label_smoothed_loss(logits, tgt[:, 1:], 0, epsilon, loss_rows)
         (loss / ntok).backward()
         optimizer.step()
 
@@ -114,10 +115,14 @@ def transformer_base(device: torch.device, args: argparse.Namespace) -> dict:
     for mode in ("eager", "compiled"):
         torch.manual_seed(0)
         model = TransformerSeq2Seq(cfg, vocab, 0).to(device).train()
-        if mode == "compiled":
+        loss_rows = None
+        if mode == "compiled":  # as compile=true trains: the forward, and the loss on CUDA
             model.compile(backend=args.compile_backend)
+            if device.type == "cuda":
+                loss_rows = compiled_loss_rows(backend=args.compile_backend)
         warmup = 3 if mode == "compiled" else 2  # the compiled warm-up includes compilation
-        out[mode] = train_rate(model, device, args.batch_tokens, 8 if args.tiny else 64, args.steps, 0.1, warmup)
+        out[mode] = train_rate(model, device, args.batch_tokens, 8 if args.tiny else 64, args.steps, 0.1, warmup,
+                               loss_rows)
         del model
     return out
 
@@ -174,8 +179,9 @@ def nvml_fields_filled(results: dict) -> dict[str, bool]:
 def smoke(device: torch.device, args: argparse.Namespace) -> dict:
     trainer = ["trainer=gpu"] if device.type == "cuda" else ["trainer=cpu"]
     with tempfile.TemporaryDirectory(prefix="nmtbench-gpu-check-") as tmp:
+        steps = 2 if args.tiny else 30
         cmd = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), "experiment=smoke", *trainer,
-               f"trainer.max_steps={2 if args.tiny else 30}", "trainer.max_time=null", "trainer.val_check_interval=1.0",
+               f"trainer.max_steps={steps}", "trainer.max_time=null", f"trainer.val_check_interval={steps}",
                "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "test=false",
                f"paths.output_dir={tmp}/run", f"hydra.run.dir={tmp}/run"]
         if args.tiny:

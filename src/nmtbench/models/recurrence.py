@@ -65,10 +65,13 @@ class _StepLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        # Under autocast the product ran in its lower precision (grad has that dtype) while x
+        # and weight may be fp32: backward computes in grad's dtype, as autocast's own matmul
+        # backward does, and returns x's gradient in x's dtype.
         x, weight = ctx.saved_tensors
         if ctx.needs_input_grad[1]:
-            ctx.tape.record(grad, x)
-        return grad @ weight if ctx.needs_input_grad[0] else None, None, None
+            ctx.tape.record(grad, x.to(grad.dtype))
+        return (grad @ weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None, None, None
 
 
 def step_linear(x: Tensor, weight: Tensor, tape: Tape) -> Tensor:
@@ -90,11 +93,16 @@ class _StepAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_context, g_weights):
         query, keys, values, weights = ctx.saved_tensors
-        g_w = torch.bmm(g_context, values.transpose(1, 2)) + g_weights  # (B, 1, S)
-        g_scores = weights * (g_w - (g_w * weights).sum(-1, keepdim=True))  # softmax backward
-        ctx.tapes[0].record(g_scores, query)  # d keys = sum_t g_scores_t^T q_t
-        ctx.tapes[1].record(weights, g_context)  # d values = sum_t a_t^T g_context_t
-        return torch.bmm(g_scores, keys), None, None, None, None, None
+        # Products in g_context's dtype (autocast's lower precision, or fp32 without autocast);
+        # the softmax backward in at least fp32, as autocast runs softmax.
+        dt = g_context.dtype
+        keys, values, q = keys.to(dt), values.to(dt), query.to(dt)
+        w = weights.to(torch.promote_types(weights.dtype, torch.float32))
+        g_w = torch.bmm(g_context, values.transpose(1, 2)).to(w.dtype) + g_weights  # (B, 1, S)
+        g_scores = (w * (g_w - (g_w * w).sum(-1, keepdim=True))).to(dt)  # softmax backward
+        ctx.tapes[0].record(g_scores, q)  # d keys = sum_t g_scores_t^T q_t
+        ctx.tapes[1].record(weights.to(dt), g_context)  # d values = sum_t a_t^T g_context_t
+        return torch.bmm(g_scores, keys).to(query.dtype), None, None, None, None, None
 
 
 def step_attention(query: Tensor, keys: Tensor, values: Tensor, bias: Tensor, tape_k: Tape,
