@@ -273,21 +273,12 @@ def test_shared_embeddings_tie_source_target_and_output():
     assert model(src, src_lens, tgt).shape == (3, 6, V)
 
 
-@pytest.mark.parametrize("attention,score", [("luong", "dot"), ("luong", "general"), ("luong", "concat"),
-                                             ("bahdanau", "dot")])
-def test_input_feeding_gradients_equal_plain_autograd(monkeypatch, attention, score):
-    """The feeding loop defers the gradients of per-step weights and encoder states to one
-    product after the loop (nmtbench.models.recurrence); they equal step-by-step autograd."""
+def use_plain_autograd(monkeypatch) -> None:
+    """Replace the feeding loop's deferred-gradient functions (nmtbench.models.recurrence) by
+    step-by-step autograd: the reference they are compared with."""
     import nmtbench.models.lstm as lstm_module
     from nmtbench.models.recurrence import Tape
 
-    src, src_lens, tgt = batch()
-
-    def grads(model):
-        model(src, src_lens, tgt).square().mean().backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    fast = grads(tiny(attention, score, dropout=0.0))
     monkeypatch.setattr(Tape, "share", lambda self, x: x)
     monkeypatch.setattr(lstm_module, "step_linear", lambda x, w, tape: x @ w.t())
 
@@ -296,6 +287,21 @@ def test_input_feeding_gradients_equal_plain_autograd(monkeypatch, attention, sc
         return torch.bmm(weights, values), weights
 
     monkeypatch.setattr(lstm_module, "step_attention", plain_attention)
+
+
+@pytest.mark.parametrize("attention,score", [("luong", "dot"), ("luong", "general"), ("luong", "concat"),
+                                             ("bahdanau", "dot")])
+def test_input_feeding_gradients_equal_plain_autograd(monkeypatch, attention, score):
+    """The feeding loop defers the gradients of per-step weights and encoder states to one
+    product after the loop (nmtbench.models.recurrence); they equal step-by-step autograd."""
+    src, src_lens, tgt = batch()
+
+    def grads(model):
+        model(src, src_lens, tgt).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    fast = grads(tiny(attention, score, dropout=0.0))
+    use_plain_autograd(monkeypatch)
     plain = grads(tiny(attention, score, dropout=0.0))
     assert fast.keys() == plain.keys() and len(fast) > 5
     for name in plain:
@@ -307,9 +313,6 @@ def test_input_feeding_trains_under_bf16_autocast(monkeypatch, attention, score)
     """trainer=gpu runs bf16-mixed: the feeding loop's hand-written backward gets bf16 grads
     beside fp32 weights. Its gradients under autocast match plain autograd under autocast
     (bf16 tolerance) and come back in each parameter's dtype (CPU autocast stands in for CUDA)."""
-    import nmtbench.models.lstm as lstm_module
-    from nmtbench.models.recurrence import Tape
-
     src, src_lens, tgt = batch()
 
     def grads(model):
@@ -320,14 +323,7 @@ def test_input_feeding_trains_under_bf16_autocast(monkeypatch, attention, score)
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     fast = grads(tiny(attention, score, dropout=0.0))
-    monkeypatch.setattr(Tape, "share", lambda self, x: x)
-    monkeypatch.setattr(lstm_module, "step_linear", lambda x, w, tape: x @ w.t())
-
-    def plain_attention(query, keys, values, bias, *tapes):
-        weights = torch.baddbmm(bias, query, keys.transpose(1, 2)).softmax(dim=-1)
-        return torch.bmm(weights, values), weights
-
-    monkeypatch.setattr(lstm_module, "step_attention", plain_attention)
+    use_plain_autograd(monkeypatch)
     plain = grads(tiny(attention, score, dropout=0.0))
     assert fast.keys() == plain.keys() and len(fast) > 5
     for name in plain:
