@@ -12,7 +12,8 @@ Conventions (both searches):
   and pad; PAD and BOS are never generated.
 - Scores are sums of fp32 log-probabilities (`log_softmax` over the logits in fp32).
 - Finished sentences leave the batch (rows, memory and cache are shrunk), so late steps
-  only pay for the sentences still being decoded.
+  only pay for the sentences still being decoded; beam search runs its first step once per
+  sentence (the K beams are identical until then) and copies the result to the K beams.
 - Beam search keeps one memory row per sentence for models that declare
   `shares_memory_across_beams` (their `decode` maps token row r to memory row r // K);
   for the others the memory is expanded to one row per beam.
@@ -126,10 +127,18 @@ def beam_search(
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # (normalised, ids)
     cache: dict | None = {} if use_cache else None
     for step in range(int(max_lens.max()) + 1):
-        lprobs, cache = _next_log_probs(model, tokens, memory, cache)  # (B*K, V)
+        if step == 0 and K > 1:  # the K beams of a sentence are identical: run one, copy it K times
+            first_memory = memory if shared else _select(memory, torch.arange(0, B * K, K, device=device))
+            lprobs, cache = _next_log_probs(model, tokens[::K], first_memory, cache)  # (B, V)
+            beams = torch.arange(B, device=device).repeat_interleave(K)
+            lprobs = lprobs.index_select(0, beams)  # (B*K, V)
+            if cache is not None:
+                cache = model.reorder_cache(cache, beams)
+        else:
+            lprobs, cache = _next_log_probs(model, tokens, memory, cache)  # (B*K, V)
         _mask_special(lprobs, step, max_lens.repeat_interleave(K), bos_id, eos_id, pad_id)
         V = lprobs.size(-1)
-        cand = (scores[:, :, None] + lprobs.view(B, K, V)).view(B, K * V)  # (B, K*V)
+        cand = lprobs.view(B, K, V).add_(scores[:, :, None]).view(B, K * V)  # (B, K*V), in place
         cand_scores, cand_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K), best first
         cand_beam, cand_tok = cand_idx // V, cand_idx % V  # (B, 2K)
         is_eos = (cand_tok == eos_id) & (cand_scores > -torch.inf)  # (B, 2K)

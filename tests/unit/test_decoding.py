@@ -189,3 +189,17 @@ def test_beam_without_encoder_output_or_per_beam_memory_gives_identical_hypothes
     assert hyps == hyps_enc
     assert scores == pytest.approx(scores_enc, abs=1e-5)
     assert len({len(h) for h in hyps}) > 1  # sentences finish at different steps: memory shrinks
+
+
+@pytest.mark.parametrize("per_beam_memory", [False, True])
+def test_beam_search_runs_its_first_step_once_per_sentence(per_beam_memory):
+    """The K beams are identical before the first step: it runs on B rows (not B * K) and the
+    cache is copied to the beams; the next steps run on B * K rows."""
+    model, (src, lens) = tiny_transformer(3), random_src(3)
+    searched = WithEncoderOutput(model) if per_beam_memory else model
+    rows = []
+    decode = searched.decode
+    searched.decode = lambda prev, memory, cache=None: rows.append(prev.size(0)) or decode(prev, memory, cache)
+    hyps = beam_search(searched, src, lens, beam_size=4, max_len_b=8, **IDS)
+    assert rows[0] == src.size(0) and rows[1] == 4 * src.size(0)
+    assert hyps == beam_search(model, src, lens, beam_size=4, max_len_b=8, use_cache=False, **IDS)
