@@ -146,6 +146,9 @@ def _cuda_tf32_enabled(device: torch.device) -> bool:
     return major >= 8 and torch.get_float32_matmul_precision() != "highest"
 
 
+CPU_MEASURED = "measured: CPU fp32 matmul"
+
+
 def resolve_peak_flops(
     device: torch.device,
     precision: str,
@@ -180,7 +183,7 @@ def resolve_peak_flops(
         peak = measure_cpu_matmul_flops(cpu_benchmark_seconds)
         log.info("CPU peak for MFU: %.3g FLOP/s (fp32 matmul benchmark, %d threads)", peak,
                  torch.get_num_threads())
-        return peak, "measured: CPU fp32 matmul"
+        return peak, CPU_MEASURED
     return None, f"no peak FLOP/s known for device type {device.type!r}; set peak_flops_per_device"
 
 
@@ -192,6 +195,7 @@ def mfu(flops: float, seconds: float, num_devices: int, peak_flops_per_device: f
 
 
 __all__ = [
+    "CPU_MEASURED",
     "PEAK_FLOPS",
     "chip_key",
     "compute_dtype",

@@ -159,3 +159,21 @@ def test_resume_state_applies_only_when_fit_resumes():
     fields, _ = resumed.summary()
     assert fields["tokens_seen"] == 100 and fields["train_flops"] == 5e5
     assert fields["tokens_per_sec"] == pytest.approx(50.0)  # 100 tokens / (3 - 1) s of training
+
+
+def test_a_cpu_peak_measured_under_load_is_measured_again_after_training(tmp_path, monkeypatch, caplog):
+    """The CPU peak is benchmarked at the start and at the end of training; MFU uses the larger
+    (a start-up benchmark that overlapped another process once gave MFU above 100%)."""
+    import nmtbench.callbacks.throughput as throughput_module
+
+    readings = iter([(2e8, "measured: CPU fp32 matmul"), (1e9, "measured: CPU fp32 matmul")])
+    monkeypatch.setattr(throughput_module, "resolve_peak_flops", lambda *a, **k: next(readings))
+    clock, cb = WallClockCallback(), ThroughputCallback()
+    trainer = tiny_trainer(tmp_path, [clock, cb], max_steps=4, limit_val_batches=0)
+    with caplog.at_level("WARNING"):
+        trainer.fit(TinyModule(), datamodule=TinyData())
+    s, _ = cb.summary()
+    assert s["peak_flops_per_device"] == 1e9
+    assert s["peak_flops_source"] == "measured: CPU fp32 matmul, the larger of the start and end of training"
+    assert s["mfu"] == pytest.approx(s["train_flops"] / clock.train_seconds_excl_val() / 1e9, rel=1e-12)
+    assert "something else was running" in caplog.text

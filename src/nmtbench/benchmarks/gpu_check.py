@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from nmtbench.benchmarks import REPO_ROOT, shared_data
-from nmtbench.flops import datasheet_peak_flops, measure_cpu_matmul_flops
+from nmtbench.flops import CPU_MEASURED, datasheet_peak_flops, measure_cpu_matmul_flops
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
 from nmtbench.module import compiled_loss_rows, label_smoothed_loss
@@ -77,7 +77,7 @@ def _timed(fn: Callable[[], None], device: torch.device, warmup: int, steps: int
 def peak_flops(device: torch.device) -> tuple[float | None, str]:
     if device.type == "cuda":
         return datasheet_peak_flops(torch.cuda.get_device_name(device), "bf16")
-    return measure_cpu_matmul_flops(0.5), "measured: CPU fp32 matmul"
+    return measure_cpu_matmul_flops(0.5), CPU_MEASURED
 
 
 def train_rate(model: torch.nn.Module, device: torch.device, batch_tokens: int, length: int, steps: int,
