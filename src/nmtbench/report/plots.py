@@ -1,7 +1,8 @@
 """The report's PNG plots (matplotlib, Agg backend).
 
 Wall-clock axes are in minutes when the longest run is under 2 hours (the CPU-budget mini
-rows), in hours otherwise. A row merging seeds draws one curve per seed, in one colour.
+rows), in hours otherwise. A row merging seeds draws one curve per seed, in one colour (a line
+style per seed).
 """
 
 from __future__ import annotations
@@ -37,18 +38,19 @@ def plot_bleu_vs_time(ours: Sequence[Row], path: Path) -> tuple[str, list[str]]:
     Returns (axis unit, curve labels)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    curves = []  # (row index, label, points)
+    curves = []  # (row index, seed index within the row, label, points)
     for i, row in enumerate(ours):
-        for run in row.runs():
+        for j, run in enumerate(row.runs()):
             points = sorted((p["hours"], p["bleu"]) for p in run.val_curve if p.get("hours") is not None)
             if points:
-                curves.append((i, _seed_label(row, run), points))
-    scale, unit = time_axis(max((points[-1][0] for _, _, points in curves), default=0.0))
+                curves.append((i, j, _seed_label(row, run), points))
+    scale, unit = time_axis(max((points[-1][0] for *_, points in curves), default=0.0))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, label, points in curves:
+    styles = ("-", "--", ":", "-.")  # the seeds of a row: one colour, one line style each
+    for i, j, label, points in curves:
         hours, bleu = zip(*points)
         ax.plot([h * scale for h in hours], bleu, marker="o", markersize=3, label=label,
-                color=colours[i % len(colours)])
+                color=colours[i % len(colours)], linestyle=styles[j % len(styles)])
     if not curves:
         ax.text(0.5, 0.5, "no validation BLEU recorded", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(f"training wall-clock ({unit}, validation included)")
@@ -60,7 +62,7 @@ def plot_bleu_vs_time(ours: Sequence[Row], path: Path) -> tuple[str, list[str]]:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return unit, [label for _, label, _ in curves]
+    return unit, [label for _, _, label, _ in curves]
 
 
 def plot_bleu_vs_gpu_hours(rows: Sequence[Row], path: Path) -> None:
