@@ -36,10 +36,12 @@ def test_nvml_fields_filled():
 
 
 @pytest.mark.slow
-def test_every_section_runs_tiny_on_cpu(capsys):
+def test_every_section_runs_tiny_on_cpu(capsys, tmp_path):
     """The device override runs the whole check with tiny models: one JSON line, all sections."""
     sections = "transformer_base,lstm_attention,decode,seq_length,smoke"
-    assert gpu_check.main(["--device", "cpu", "--tiny", "--steps", "2", "--batch-tokens", "64",
+    sources = tmp_path / "sources.en"  # the decode section's input, generated (no ../shared needed)
+    sources.write_text("".join(" ".join(["word"] * (5 + 3 * i)) + "\n" for i in range(10)), encoding="utf-8")
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--steps", "2", "--batch-tokens", "64", "--input", str(sources),
                            "--sections", sections, "--compile-backend", "aot_eager"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["cuda"] is False and report["device"] == "cpu" and report["tiny"] is True

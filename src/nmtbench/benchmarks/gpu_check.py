@@ -12,7 +12,7 @@ On a machine without CUDA (and no `--device`) it says so on stderr, prints
   (`model.compile()`, and the loss through `compiled_loss_rows`).
   Goal on H100/H200: MFU >= 0.40.
 - lstm_attention: Luong et al. 2015's model (4 x 1000, input feeding) training tokens/s, bf16.
-- decode: beam-4 sentences/s of Transformer base on newstest2014 sources, equal work as in
+- decode: beam-4 sentences/s of Transformer base on newstest2014 sources (`--input`), equal work as in
   `benchmarks/decode.py`.
 - seq_length: LSTM vs Transformer encoder forward + backward ms at 10..1000 tokens
   (`benchmarks/seq_length.py`): the Transformer's time should stay nearly flat on a GPU while
@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-tokens", type=int, default=16384, help="target tokens per training batch")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per configuration")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled run")
+    parser.add_argument("--input", type=Path, default=shared_data("wmt14_sample") / "newstest2014.en",
+                        help="English sources of the decode section (one sentence a line)")
     return parser.parse_args(argv)
 
 
@@ -141,8 +143,10 @@ def decode(device: torch.device, args: argparse.Namespace) -> dict:
     cfg = TransformerConfig(num_encoder_layers=1, num_decoder_layers=1, d_model=64, num_heads=4, d_ff=128,
                             dropout=0.0) if args.tiny else TransformerConfig(dropout=0.0)
     vocab = 1000 if args.tiny else 37000
-    lines = (shared_data("wmt14_sample") / "newstest2014.en").read_text(encoding="utf-8").splitlines()
-    lines = lines[: 8 if args.tiny else 512]
+    if not args.input.is_file():
+        raise FileNotFoundError(f"--input {args.input}: no such file; pass English sources (one a line), e.g. "
+                                "newstest2014.en of the WMT14 sample")
+    lines = args.input.read_text(encoding="utf-8").splitlines()[: 8 if args.tiny else 512]
     batches = [(s.to(device), n.to(device)) for s, n in make_batches(fake_tokenize(lines, vocab, 0), 64)]
     torch.manual_seed(0)
     model = TransformerSeq2Seq(cfg, vocab, 0).to(device).eval()
