@@ -10,7 +10,8 @@ Conventions (both searches):
   `max_len[b]` EOS is forced.
 - EOS handling. Hypotheses end at the first EOS; the returned token lists exclude BOS, EOS
   and pad; PAD and BOS are never generated.
-- Scores are sums of fp32 log-probabilities (`log_softmax` over the logits in fp32).
+- Scores are sums of fp32 log-probabilities, logit - logsumexp(logits) over the whole
+  vocabulary (PAD/BOS are masked after normalising). Greedy search takes the arg-max logit.
 - Finished sentences leave the batch (rows, memory and cache are shrunk), so late steps
   only pay for the sentences still being decoded; beam search runs its first step once per
   sentence (the K beams are identical until then) and copies the result to the K beams.
@@ -22,7 +23,8 @@ Conventions (both searches):
 
 Beam search (fairseq's `SequenceGenerator` scheme, with the GNMT length penalty):
 - Each step takes the top 2K candidates over the flattened (K x V) beam-by-vocabulary
-  scores. EOS candidates among the top K become finished hypotheses, scored
+  scores (computed as each beam's top 2K, then the top 2K of those K * 2K: the same set,
+  without normalising and offsetting all K x V scores). EOS candidates among the top K become finished hypotheses, scored
   `log P(y) / lp(|y|)` with lp(n) = ((5 + n) / 6) ** alpha (Wu et al. 2016, eq. 14; the paper
   uses alpha = 0.6, Vaswani et al. 2017 section 6.1) and |y| counting the EOS (as
   tensor2tensor, which produced the paper's numbers). The K best non-EOS candidates
@@ -43,27 +45,48 @@ def gnmt_length_penalty(length: int | float | Tensor, alpha: float) -> float | T
     return ((5.0 + length) / 6.0) ** alpha
 
 
-def _next_log_probs(
+def _next_logits(
     model: nn.Module, tokens: Tensor, memory: dict[str, Tensor], cache: dict | None
 ) -> tuple[Tensor, dict | None]:
-    # tokens (N, t) prefix incl. BOS -> log-probs of the next token (N, V) in fp32
+    # tokens (N, t) prefix incl. BOS -> logits of the next token (N, V) in fp32
     if cache is None:
         logits, _ = model.decode(tokens, memory, None)  # (N, t, V)
     else:
         logits, cache = model.decode(tokens, memory, cache)  # (N, 1, V)
-    return logits[:, -1].float().log_softmax(dim=-1), cache
+    return logits[:, -1].float(), cache
 
 
-def _mask_special(lprobs: Tensor, step: int, max_lens: Tensor, bos_id: int, eos_id: int, pad_id: int) -> None:
-    # lprobs (N, V) in place: never PAD/BOS; only EOS once a row reaches its maximum length
-    lprobs[:, pad_id] = -torch.inf
+def _mask_special(logits: Tensor, step: int, max_lens: Tensor, bos_id: int, eos_id: int, pad_id: int,
+                  lse: Tensor | None = None) -> None:
+    # logits (N, V) in place: never PAD/BOS; only EOS once a row reaches its maximum length.
+    # lse (N, 1): the rows' log-normalisers (log-probs = logits - lse), computed before masking
+    logits[:, pad_id] = -torch.inf
     if bos_id != eos_id:
-        lprobs[:, bos_id] = -torch.inf
+        logits[:, bos_id] = -torch.inf
     at_max = max_lens <= step  # (N,)
-    if at_max.any():  # forced EOS; floored so a model giving EOS zero probability still ends
-        eos = lprobs[at_max, eos_id].clamp(min=-1e9)
-        lprobs[at_max] = -torch.inf
-        lprobs[at_max, eos_id] = eos
+    if at_max.any():  # forced EOS; floored (log-prob >= -1e9) so a model giving EOS zero
+        eos = logits[at_max, eos_id]  # probability still ends
+        floor = -1e9 if lse is None else lse[at_max, 0] - 1e9
+        logits[at_max] = -torch.inf
+        logits[at_max, eos_id] = torch.maximum(eos, torch.as_tensor(floor, dtype=eos.dtype))
+
+
+def _top_candidates(logits: Tensor, lse: Tensor, scores: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The n best continuations of each sentence over all its beams, best first.
+
+    logits (B*K, V) masked, lse (B*K, 1), scores (B, K) running log-probs ->
+    cand_scores (B, n) = scores + log-prob, cand_beam (B, n), cand_tok (B, n).
+    Equal to a top-n over the flattened (K x V) scores: a candidate among the n best of its
+    sentence is among the n best of its own beam, so each beam's top-n (on the raw logits: the
+    beam's normaliser and running score are constants of the row) holds all of them, and only
+    K * n numbers are normalised, offset and ranked instead of K * V.
+    """
+    B, K = scores.shape
+    top_logits, top_tok = logits.topk(min(n, logits.size(1)), dim=1)  # (B*K, n')
+    per_beam = top_tok.size(1)
+    cand = (top_logits - lse).view(B, K, per_beam).add_(scores[:, :, None]).view(B, K * per_beam)
+    cand_scores, pos = cand.topk(min(n, K * per_beam), dim=1)  # (B, n)
+    return cand_scores, pos // per_beam, top_tok.view(B, K * per_beam).gather(1, pos)
 
 
 def _select(memory: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
@@ -81,14 +104,12 @@ def greedy_search(
     max_lens = src_lens.to(device) + max_len_b  # (B,)
     alive = torch.arange(B, device=device)  # original row of each active sentence
     tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=device)  # (N, t)
-    scores = torch.zeros(B, device=device)  # (N,)
     cache: dict | None = {} if use_cache else None
     hyps: list[list[int]] = [[] for _ in range(B)]
     for step in range(int(max_lens.max()) + 1):
-        lprobs, cache = _next_log_probs(model, tokens, memory, cache)  # (N, V)
-        _mask_special(lprobs, step, max_lens, bos_id, eos_id, pad_id)
-        # same arithmetic as beam search with K = 1 (adding the running score first)
-        scores, next_tok = (scores[:, None] + lprobs).max(dim=-1)  # (N,)
+        logits, cache = _next_logits(model, tokens, memory, cache)  # (N, V)
+        _mask_special(logits, step, max_lens, bos_id, eos_id, pad_id)
+        next_tok = logits.argmax(dim=-1)  # (N,): the most probable token (log-softmax is monotone)
         done = next_tok == eos_id
         if done.any():
             for i in done.nonzero().flatten().tolist():
@@ -96,7 +117,7 @@ def greedy_search(
             keep = (~done).nonzero().flatten()
             if keep.numel() == 0:
                 break
-            alive, max_lens, scores, next_tok = alive[keep], max_lens[keep], scores[keep], next_tok[keep]
+            alive, max_lens, next_tok = alive[keep], max_lens[keep], next_tok[keep]
             tokens, memory = tokens[keep], _select(memory, keep)
             if cache is not None:
                 cache = model.reorder_cache(cache, keep)
@@ -129,18 +150,16 @@ def beam_search(
     for step in range(int(max_lens.max()) + 1):
         if step == 0 and K > 1:  # the K beams of a sentence are identical: run one, copy it K times
             first_memory = memory if shared else _select(memory, torch.arange(0, B * K, K, device=device))
-            lprobs, cache = _next_log_probs(model, tokens[::K], first_memory, cache)  # (B, V)
+            logits, cache = _next_logits(model, tokens[::K], first_memory, cache)  # (B, V)
             beams = torch.arange(B, device=device).repeat_interleave(K)
-            lprobs = lprobs.index_select(0, beams)  # (B*K, V)
+            logits = logits.index_select(0, beams)  # (B*K, V)
             if cache is not None:
                 cache = model.reorder_cache(cache, beams)
         else:
-            lprobs, cache = _next_log_probs(model, tokens, memory, cache)  # (B*K, V)
-        _mask_special(lprobs, step, max_lens.repeat_interleave(K), bos_id, eos_id, pad_id)
-        V = lprobs.size(-1)
-        cand = lprobs.view(B, K, V).add_(scores[:, :, None]).view(B, K * V)  # (B, K*V), in place
-        cand_scores, cand_idx = cand.topk(min(2 * K, K * V), dim=1)  # (B, 2K), best first
-        cand_beam, cand_tok = cand_idx // V, cand_idx % V  # (B, 2K)
+            logits, cache = _next_logits(model, tokens, memory, cache)  # (B*K, V)
+        lse = logits.logsumexp(dim=-1, keepdim=True)  # (B*K, 1): log-prob = logit - lse
+        _mask_special(logits, step, max_lens.repeat_interleave(K), bos_id, eos_id, pad_id, lse)
+        cand_scores, cand_beam, cand_tok = _top_candidates(logits, lse, scores, 2 * K)  # (B, 2K)
         is_eos = (cand_tok == eos_id) & (cand_scores > -torch.inf)  # (B, 2K)
 
         # EOS among the top K: finished hypotheses, |y| = step + 1 tokens including EOS

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from nmtbench.decoding import beam_search, gnmt_length_penalty, greedy_search
+from nmtbench.decoding import _top_candidates, beam_search, gnmt_length_penalty, greedy_search
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 PAD, UNK, BOS, EOS, A, B_ = 0, 1, 2, 3, 4, 5
@@ -130,6 +130,27 @@ def random_src(seed: int = 0):
     src = torch.randint(4, 40, (5, 8), generator=g)
     src[torch.arange(8)[None] >= lens[:, None]] = PAD
     return src, lens
+
+
+@pytest.mark.parametrize("V", [3, 50])
+def test_top_candidates_equal_a_top_k_over_all_beams_and_tokens(V):
+    """Each beam's top 2K, then the top 2K of those, selects what a top 2K over the flattened
+    (K x V) log-prob + running-score matrix selects, masked (-inf) entries included."""
+    g = torch.Generator().manual_seed(0)
+    B, K = 5, 4
+    for _ in range(20):
+        logits = torch.randn(B * K, V, generator=g) * 3
+        logits[torch.rand(B * K, V, generator=g) < 0.2] = -torch.inf
+        logits[:, 0] = 1.0  # at least one finite entry per row
+        scores = torch.randn(B, K, generator=g)
+        scores[0, 1:] = -torch.inf  # step 0: only beam 0 is live
+        lse = logits.logsumexp(dim=-1, keepdim=True)
+        flat = (logits.log_softmax(-1).view(B, K, V) + scores[:, :, None]).view(B, K * V)
+        ref_scores, ref_idx = flat.topk(min(2 * K, K * V), dim=1)
+        cand_scores, cand_beam, cand_tok = _top_candidates(logits.clone(), lse, scores, 2 * K)
+        torch.testing.assert_close(cand_scores, ref_scores)
+        finite = ref_scores > -torch.inf  # the order among -inf entries is arbitrary
+        assert torch.equal((cand_beam * V + cand_tok)[finite], ref_idx[finite])
 
 
 def test_beam_one_equals_greedy():

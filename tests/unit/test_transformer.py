@@ -112,6 +112,47 @@ def test_reorder_cache():
     torch.testing.assert_close(step[:, 0], full[:, 3], atol=1e-5, rtol=1e-5)
 
 
+def test_reorders_compose_and_are_applied_by_the_next_decode():
+    """`reorder_cache` is lazy: two reorders compose into one pending index, and the next
+    incremental step (with or without autograd) gives the logits of the re-indexed prefixes."""
+    model = tiny()
+    src, src_lens, tgt, _ = batch()
+    memory = model.encode(src, src_lens)
+    first, second = torch.tensor([2, 2, 0]), torch.tensor([1, 0, 2])
+    tgt2 = tgt.index_select(0, first).index_select(0, second)
+    memory2 = {k: v.index_select(0, first).index_select(0, second) for k, v in memory.items()}
+    full, _ = model.decode(tgt2[:, :4], memory2)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            cache: dict = {}
+            for t in range(1, 4):
+                _, cache = model.decode(tgt[:, :t], memory, cache)
+            cache = model.reorder_cache(model.reorder_cache(cache, first), second)
+            step, cache = model.decode(tgt2[:, :4], memory2, cache)
+        torch.testing.assert_close(step[:, 0], full[:, 3], atol=1e-5, rtol=1e-5)
+        assert set(cache) == {f"dec{i}.self_{kv}" for i in range(2) for kv in "kv"}  # applied
+        assert cache["dec0.self_k"].shape == (3, 4, 4, 8)
+
+
+def test_decoding_logits_use_a_transposed_copy_that_follows_the_weights():
+    """Without autograd on CPU the output projection multiplies by a cached (D, V) copy of the
+    embedding matrix: same logits as F.linear, and an in-place update (optimizer step,
+    load_state_dict) is seen at once."""
+    model = tiny()
+    h = torch.randn(3, 1, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model._logits(h), F.linear(h, model.tgt_embed.weight))
+        copy = model._weight_t[1]
+        model._logits(h)
+        assert model._weight_t[1] is copy  # reused while the weights are unchanged
+        model.tgt_embed.weight.mul_(2.0)
+        torch.testing.assert_close(model._logits(h), F.linear(h, model.tgt_embed.weight))
+    model.load_state_dict(tiny().state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(model._logits(h), F.linear(h, model.tgt_embed.weight))
+    assert "_weight_t" not in model.state_dict() and not any("weight_t" in n for n, _ in model.named_buffers())
+
+
 def count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -25,7 +25,14 @@ the masked half of the scores; padding masks are boolean (True = attend).
 
 Decoder cache (incremental decoding, see `decode`): a flat dict of tensors, all batch-first,
     "dec{i}.self_k" / "dec{i}.self_v"   (B, H, t, Dh)  self-attention keys/values of the prefix
-so `reorder_cache` is one `index_select(0, index)` per tensor.
+    "reorder_index"                     (B',)          a pending `reorder_cache`, if any
+`reorder_cache` only records the rows to keep (composing with one still pending); the next
+`decode` gathers them straight into the tensor that also receives the new position, so the
+prefix is copied once per step instead of twice (index_select, then cat).
+
+Decoding on CPU (autograd off) multiplies by a cached contiguous (D, V) copy of the output
+matrix instead of `F.linear`'s transposed view, which MKL runs faster for a few hundred rows
+against a 37k vocabulary; the copy is rebuilt whenever the weights change (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ class TransformerConfig:
 
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
+REORDER = "reorder_index"  # decoder cache key of a pending `reorder_cache` (module docstring)
 
 
 def sinusoidal_positions(num_positions: int, dim: int) -> Tensor:
@@ -137,6 +145,21 @@ class EncoderLayer(nn.Module):
         return x if self.pre_norm else self.norm2(x)
 
 
+def _append(prefix: Tensor, new: Tensor, reorder: Tensor | None) -> Tensor:
+    """prefix (N0, H, t, Dh), new (N, H, 1, Dh) -> (N, H, t + 1, Dh) = [prefix[reorder]; new]:
+    one copy of the prefix (the reorder lands straight in the new tensor, no cat)."""
+    out = new.new_empty(new.size(0), new.size(1), prefix.size(2) + new.size(2), new.size(3))
+    t = prefix.size(2)
+    if reorder is None:
+        out[:, :, :t] = prefix
+    elif torch.is_grad_enabled() and prefix.requires_grad:  # out= does not record gradients
+        out[:, :, :t] = prefix.index_select(0, reorder)
+    else:
+        torch.index_select(prefix, 0, reorder, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: TransformerConfig, index: int):
         super().__init__()
@@ -152,17 +175,19 @@ class DecoderLayer(nn.Module):
             return x + self.dropout(fn(norm(x)))
         return norm(x + self.dropout(fn(x)))  # LayerNorm(x + Sublayer(x)) (section 3.1)
 
-    def forward(self, x: Tensor, memory: dict[str, Tensor], cache: dict | None) -> Tensor:
+    def forward(self, x: Tensor, memory: dict[str, Tensor], cache: dict | None,
+                reorder: Tensor | None = None) -> Tensor:
         # x (B, t, D); memory from `encode` (cross K/V (B, H, S, Dh)). cache None: teacher
         # forcing, causal self-attention over the t positions; cache dict: incremental, t = 1
-        # and the new position attends to the whole cached prefix (no mask needed)
+        # and the new position attends to the whole cached prefix (no mask needed); reorder:
+        # the rows of the cached prefix to continue (pending `reorder_cache`), None = all
         def self_attention(h: Tensor) -> Tensor:
             k, v = self.self_attn.project_kv(h)  # (B, H, t, Dh)
             if cache is not None:
-                if f"{self.name}.self_k" in cache:
-                    k = torch.cat([cache[f"{self.name}.self_k"], k], dim=2)  # (B, H, t+1, Dh)
-                    v = torch.cat([cache[f"{self.name}.self_v"], v], dim=2)
-                cache[f"{self.name}.self_k"], cache[f"{self.name}.self_v"] = k, v
+                keys = f"{self.name}.self_k", f"{self.name}.self_v"
+                if keys[0] in cache:  # append the new position, applying a pending reorder
+                    k, v = (_append(cache[key], new, reorder) for key, new in zip(keys, (k, v)))
+                cache[keys[0]], cache[keys[1]] = k, v
             return self.self_attn(h, k, v, None, is_causal=cache is None)
 
         def cross_attention(h: Tensor) -> Tensor:
@@ -238,7 +263,20 @@ class TransformerSeq2Seq(nn.Module):
 
     def _logits(self, h: Tensor) -> Tensor:  # (B, T, D) -> (B, T, V)
         weight = self.tgt_embed.weight if self.cfg.share_embeddings else self.out_proj.weight
-        return F.linear(h, weight)
+        if torch.is_grad_enabled() or h.device.type != "cpu":
+            return F.linear(h, weight)
+        return h @ self._transposed(weight)  # decoding on CPU (module docstring)
+
+    def _transposed(self, weight: Tensor) -> Tensor:
+        """A contiguous (D, V) copy of the output matrix, made once and reused while the weights
+        are unchanged (keyed on storage, version counter and dtype, so an optimizer step or
+        `load_state_dict` invalidates it). Not a buffer: never saved, never trained."""
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        cached = getattr(self, "_weight_t", None)
+        if cached is None or cached[0] != key:
+            cached = (key, weight.detach().t().contiguous())
+            self._weight_t = cached
+        return cached[1]
 
     def encoder_states(self, src: Tensor, src_lens: Tensor) -> tuple[Tensor, Tensor]:
         # src (B, S) long; src_lens (B,) -> encoder output (B, S, D), src_mask (B, S) bool
@@ -265,13 +303,15 @@ class TransformerSeq2Seq(nn.Module):
         """Teacher-forced (cache None): prev_tokens (B, T) -> logits (B, T, V), None.
         Incremental (cache dict, start with {}): prev_tokens (B, t) is the whole prefix and only
         prev_tokens[:, -1] is new -> logits (B, 1, V) and the updated cache."""
+        reorder = None
         if cache is None:
             x = self._embed(self.tgt_embed, prev_tokens)  # (B, T, D)
         else:
             step = prev_tokens.size(1) - 1
             x = self._embed(self.tgt_embed, prev_tokens[:, -1:], offset=step)  # (B, 1, D)
+            reorder = cache.pop(REORDER, None)
         for layer in self.decoder:
-            x = layer(x, memory, cache)
+            x = layer(x, memory, cache, reorder)
         return self._logits(self.dec_norm(x)), cache
 
     def forward(self, src: Tensor, src_lens: Tensor, tgt_in: Tensor) -> Tensor:
@@ -280,7 +320,11 @@ class TransformerSeq2Seq(nn.Module):
 
     @staticmethod
     def reorder_cache(cache: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
-        return {k: v.index_select(0, index) for k, v in cache.items()}
+        """Keep cache rows `index` (beam search: the hypotheses that continue). Lazy: the index
+        is stored (composed with one still pending) and the next `decode` applies it while
+        appending the new position, so the prefix is copied once per step, not twice."""
+        pending = cache.get(REORDER)
+        return {**cache, REORDER: index if pending is None else pending.index_select(0, index)}
 
     def flops_per_batch(self, src_lens: Tensor, tgt_lens: Tensor) -> float:
         """Analytic training FLOPs (forward + backward = 3 x forward) of one batch.
