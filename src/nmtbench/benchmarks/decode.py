@@ -24,7 +24,7 @@ Setup (documented because it decides what the numbers mean):
   over the length range run without it and are compared with the cached search on those.
 Reported: sentences/s and generated tokens/s per system; `speedup_vs_peer` (beam, ours / HF)
 and `speedup_vs_peer_greedy` in the JSON line that `--json` prints last.
-A full run takes about 4-6 minutes on 2 idle cores; measured figures: benchmarks/RESULTS.md.
+A full run takes 2-6 minutes on 2 idle cores (host-dependent); measured figures: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
