@@ -68,7 +68,7 @@ def _mask_special(logits: Tensor, step: int, max_lens: Tensor, bos_id: int, eos_
         eos = logits[at_max, eos_id]  # probability still ends
         floor = -1e9 if lse is None else lse[at_max, 0] - 1e9
         logits[at_max] = -torch.inf
-        logits[at_max, eos_id] = torch.maximum(eos, torch.as_tensor(floor, dtype=eos.dtype))
+        logits[at_max, eos_id] = eos.clamp(min=floor)
 
 
 def _top_candidates(logits: Tensor, lse: Tensor, scores: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
