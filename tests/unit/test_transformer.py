@@ -134,23 +134,31 @@ def test_reorders_compose_and_are_applied_by_the_next_decode():
         assert cache["dec0.self_k"].shape == (3, 4, 4, 8)
 
 
-def test_decoding_logits_use_a_transposed_copy_that_follows_the_weights():
-    """Without autograd on CPU the output projection multiplies by a cached (D, V) copy of the
-    embedding matrix: same logits as F.linear, and an in-place update (optimizer step,
-    load_state_dict) is seen at once."""
+def test_decoding_follows_the_weights_the_real_optimizer_writes():
+    """Incremental decoding (autograd off, as validation and beam search run it) reads the
+    weights of the latest optimizer step. The optimizer is the one training builds on CPU:
+    fused Adam, which updates parameters in place without bumping their version counters, so
+    any state keyed on `_version` or `data_ptr` would go stale here (issue: validation decoded
+    with the output matrix of its first call)."""
+    from nmtbench.optim import OptimConfig, build_optimizer
+
     model = tiny()
-    h = torch.randn(3, 1, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(model._logits(h), F.linear(h, model.tgt_embed.weight))
-        copy = model._weight_t[1]
-        model._logits(h)
-        assert model._weight_t[1] is copy  # reused while the weights are unchanged
-        model.tgt_embed.weight.mul_(2.0)
-        torch.testing.assert_close(model._logits(h), F.linear(h, model.tgt_embed.weight))
-    model.load_state_dict(tiny().state_dict())
-    with torch.inference_mode():
-        torch.testing.assert_close(model._logits(h), F.linear(h, model.tgt_embed.weight))
-    assert "_weight_t" not in model.state_dict() and not any("weight_t" in n for n, _ in model.named_buffers())
+    src, src_lens, tgt, _ = batch()
+    opt = build_optimizer(OptimConfig(lr=1e-2, schedule="constant", warmup_steps=0), model.parameters())
+    assert opt.defaults["fused"], "the CPU default must be the fused optimizer this test is about"
+    before = model.tgt_embed.weight.detach().clone()
+    for _ in range(3):
+        with torch.inference_mode():  # decode step by step, as validation does
+            memory, cache = model.encode(src, src_lens), {}
+            steps = [model.decode(tgt[:, : t + 1], memory, cache)[0][:, 0] for t in range(tgt.size(1))]
+        full = model(src, src_lens, tgt).detach()  # teacher forcing with autograd, as training
+        torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
+        model.train()
+        model(src, src_lens, tgt).logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        model.eval()
+    assert not torch.equal(before, model.tgt_embed.weight), "the optimizer must have moved the weights"
 
 
 def count(model) -> int:

@@ -30,9 +30,9 @@ Decoder cache (incremental decoding, see `decode`): a flat dict of tensors, all 
 `decode` gathers them straight into the tensor that also receives the new position, so the
 prefix is copied once per step instead of twice (index_select, then cat).
 
-Decoding on CPU (autograd off) multiplies by a cached contiguous (D, V) copy of the output
-matrix instead of `F.linear`'s transposed view, which MKL runs faster for a few hundred rows
-against a 37k vocabulary; the copy is rebuilt whenever the weights change (docs/performance.md).
+The model keeps no state derived from its weights between calls (no cached transposed output
+matrix, no pre-cast copies): whatever updates the parameters, in place or not, the next call
+uses them (docs/performance.md, "Decoding steps").
 """
 
 from __future__ import annotations
@@ -263,20 +263,7 @@ class TransformerSeq2Seq(nn.Module):
 
     def _logits(self, h: Tensor) -> Tensor:  # (B, T, D) -> (B, T, V)
         weight = self.tgt_embed.weight if self.cfg.share_embeddings else self.out_proj.weight
-        if torch.is_grad_enabled() or h.device.type != "cpu":
-            return F.linear(h, weight)
-        return h @ self._transposed(weight)  # decoding on CPU (module docstring)
-
-    def _transposed(self, weight: Tensor) -> Tensor:
-        """A contiguous (D, V) copy of the output matrix, made once and reused while the weights
-        are unchanged (keyed on storage, version counter and dtype, so an optimizer step or
-        `load_state_dict` invalidates it). Not a buffer: never saved, never trained."""
-        key = (weight.data_ptr(), weight._version, weight.dtype)
-        cached = getattr(self, "_weight_t", None)
-        if cached is None or cached[0] != key:
-            cached = (key, weight.detach().t().contiguous())
-            self._weight_t = cached
-        return cached[1]
+        return F.linear(h, weight)
 
     def encoder_states(self, src: Tensor, src_lens: Tensor) -> tuple[Tensor, Tensor]:
         # src (B, S) long; src_lens (B,) -> encoder output (B, S, D), src_mask (B, S) bool
