@@ -1,12 +1,21 @@
 """The wheel works without the repository: built from a copy of the sources, installed into a
-fresh virtualenv (with the system site-packages, so torch is not reinstalled), its console
-scripts compose and train from an empty directory with the configs shipped inside it."""
+fresh virtualenv, its console scripts compose and train from an empty directory with the
+configs shipped inside it.
+
+The fresh venv sees the dependencies of the environment running the tests (torch is not
+reinstalled) through a .pth file listing that environment's site-packages: `venv
+--system-site-packages` would give it the *base* interpreter's packages instead, which lack
+them when the tests run in a venv (as the README suggests). A .pth entry adds a directory to
+sys.path without running the .pth files inside it, so the checkout's editable install stays
+out and `import nmtbench` finds the wheel."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
+import sysconfig
 import sys
 import zipfile
 from pathlib import Path
@@ -51,8 +60,12 @@ def installed(tmp_path_factory):
          tmp, env)
     (wheel,) = wheels.glob("nmtbench-*.whl")
     venv = tmp / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp, env)
+    _run([sys.executable, "-m", "venv", str(venv)], tmp, env)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    venv_site = _run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                     tmp, env).stdout.strip()
+    ours = dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    Path(venv_site, "tests_outer_env.pth").write_text("".join(f"{p}\n" for p in ours if Path(p).is_dir()))
     _run([str(bin_dir / "python"), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)], tmp, env)
     return bin_dir, wheel, env
 
