@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from nmtbench.callbacks.resume import ResumeCheckpoint
 from nmtbench.checkpoints import AtomicCheckpointIO
 from nmtbench.config import to_container
+from nmtbench.data.batching import BatchPlan
 from nmtbench.errors import CheckpointError, ConfigError, NmtbenchError, Preempted
 from nmtbench.models import model_config
 
@@ -147,20 +146,6 @@ def rank_zero_log_file(trainer: L.Trainer) -> None:
             handler.close()
 
 
-@dataclass(frozen=True)
-class BatchPlan:
-    """How one optimizer step's batch is split: `accumulation` micro-batches of at most
-    `max_tokens` padded tokens on each of `world_size` devices."""
-
-    accumulation: int
-    max_tokens: int
-    world_size: int
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.accumulation * self.max_tokens * self.world_size
-
-
 def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
     """Split `data.effective_batch_tokens` per optimizer step over devices and micro-batches.
 
@@ -172,7 +157,7 @@ def batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
     `data.max_tokens` are used as they are (the batch per step then grows with the devices).
     """
     effective = cfg.data.get("effective_batch_tokens")
-    cap = int(cfg.data.max_tokens)
+    cap = int(cfg.data.max_tokens)  # the most one device takes in one micro-batch
     if not effective:
         return BatchPlan(int(cfg.trainer.get("accumulate_grad_batches") or 1), cap, world_size)
     effective = int(effective)
@@ -326,13 +311,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     plan = batch_plan(cfg, trainer.world_size)
     trainer.accumulate_grad_batches = plan.accumulation
     validate_every_optimizer_steps(trainer)
-    datamodule = Seq2SeqDataModule(dataclasses.replace(data_cfg, max_tokens=plan.max_tokens), seed=cfg.seed)
+    datamodule = Seq2SeqDataModule(data_cfg, seed=cfg.seed, plan=plan)
     if trainer.is_global_zero:
         log.info("Model %s: %s parameters (vocab %d)", cfg.model.name, f"{module.num_parameters:,}",
                  cfg.data.vocab_size)
         log.info("Batch per optimizer step: %d micro-batch(es) of <= %d padded tokens on %d device(s) "
                  "= <= %d tokens (data.effective_batch_tokens=%s, data.max_tokens=%s); loss / %s",
-                 plan.accumulation, plan.max_tokens, plan.world_size, plan.tokens_per_step,
+                 plan.accumulation, plan.micro_batch_tokens, plan.world_size, plan.tokens_per_step,
                  cfg.data.get("effective_batch_tokens"), cfg.data.max_tokens,
                  module.loss_normalization)
 

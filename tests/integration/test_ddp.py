@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 import torch
 
-from nmtbench.data.batching import TokenBatchSampler
+from nmtbench.data.batching import BatchPlan, TokenBatchSampler
 from nmtbench.data.datamodule import Seq2SeqDataModule
 from nmtbench.errors import ConfigError
-from nmtbench.train import BatchPlan, batch_plan, degrade_gpu_settings, train
+from nmtbench.train import batch_plan, degrade_gpu_settings, train
 from tests.conftest import compose_config
 
 from ..conftest import TINY_TRANSFORMER
@@ -235,7 +235,7 @@ def test_effective_batch_is_split_into_equal_budgets_on_1_to_16_gpus():
     cfg = compose_config(["data.max_tokens=4096", "data.effective_batch_tokens=25000"])
     plans = {n: batch_plan(cfg, world_size=n) for n in (1, 2, 4, 8, 16)}
     assert [plans[n].accumulation for n in (1, 2, 4, 8, 16)] == [7, 4, 2, 1, 1]
-    assert plans[1].max_tokens == 3571 and plans[8].max_tokens == 3125  # <= data.max_tokens
+    assert plans[1].micro_batch_tokens == 3571 and plans[8].micro_batch_tokens == 3125  # <= data.max_tokens
     for plan in plans.values():
         assert 25000 - plan.accumulation * plan.world_size <= plan.tokens_per_step <= 25000
     cfg = compose_config(["data.effective_batch_tokens=null", "data.max_tokens=4096",
@@ -254,7 +254,7 @@ def test_effective_batch_gives_the_same_tokens_per_step_on_1_and_8_gpus():
 
     def tokens_per_step(world_size: int) -> float:
         plan = batch_plan(cfg, world_size)
-        sampler = TokenBatchSampler(lengths, plan.max_tokens, seed=1, rank=0, world_size=world_size)
+        sampler = TokenBatchSampler(lengths, plan.micro_batch_tokens, seed=1, rank=0, world_size=world_size)
         steps = len(sampler.global_batches(0)) / (plan.accumulation * world_size)
         return float(lengths.sum()) / steps
 

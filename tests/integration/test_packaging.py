@@ -15,8 +15,8 @@ import os
 import shutil
 import site
 import subprocess
-import sysconfig
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 

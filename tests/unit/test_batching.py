@@ -16,11 +16,13 @@ def random_lengths(n: int = 500, seed: int = 0) -> np.ndarray:
     return rng.integers(2, 60, size=n)
 
 
-def epoch_batches(lengths, world_size: int, epoch: int = 0, seed: int = 7, max_tokens: int = 300, shuffle=True):
+def epoch_batches(lengths, world_size: int, epoch: int = 0, seed: int = 7, max_tokens: int = 300, shuffle=True,
+                  accumulation: int = 1):
     """{rank: list of batches} for one epoch."""
     out = {}
     for rank in range(world_size):
-        s = TokenBatchSampler(lengths, max_tokens, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size)
+        s = TokenBatchSampler(lengths, max_tokens, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size,
+                              accumulation=accumulation)
         s.set_epoch(epoch)
         out[rank] = list(s)
     return out
@@ -45,6 +47,41 @@ def test_every_example_exactly_once_and_equal_batch_counts(world_size, shuffle):
     if world_size > 1:  # similar token totals: round-robin over shuffled batches
         totals = [sum(int(lengths[b].sum()) for b in batches) for batches in per_rank.values()]
         assert max(totals) < 1.5 * min(totals)
+
+
+@pytest.mark.parametrize("world_size,accumulation", [(1, 3), (2, 2), (3, 7), (4, 4)])
+def test_training_epochs_are_whole_optimizer_steps(world_size, accumulation):
+    """Every rank's epoch holds a multiple of k micro-batches (k = accumulation), so no
+    optimizer step straddles an epoch or comes up short; still every example exactly once."""
+    lengths = random_lengths(499, seed=3)  # 55 batches: no multiple of any W x k here
+    plain = len(pack(np.argsort(lengths, kind="stable"), lengths, 300))
+    assert plain % (world_size * accumulation), "the test needs data whose plain packing is not whole steps"
+    per_rank = epoch_batches(lengths, world_size, accumulation=accumulation)
+    assert {len(b) % accumulation for b in per_rank.values()} == {0}
+    assert len({len(b) for b in per_rank.values()}) == 1
+    seen = sorted(i for batches in per_rank.values() for batch in batches for i in batch)
+    assert seen == list(range(len(lengths)))
+    for batch in (b for batches in per_rank.values() for b in batches):
+        assert len(batch) * lengths[batch].max() <= 300
+
+
+def test_a_saved_position_with_another_accumulation_restarts_the_epoch():
+    lengths = random_lengths()
+    first = TokenBatchSampler(lengths, 300, seed=5, rank=0, world_size=1, accumulation=2)
+    first.consumed = 4
+    state = first.state_dict()
+    assert state["accumulation"] == 2
+    other = TokenBatchSampler(lengths, 300, seed=5, rank=0, world_size=1, accumulation=3)
+    with pytest.warns(UserWarning, match="other settings"):
+        other.load_state_dict(state)
+    assert list(other)[0] == other.rank_batches(0)[0].tolist()
+    same = TokenBatchSampler(lengths, 300, seed=5, rank=0, world_size=1, accumulation=2)
+    same.load_state_dict(state)
+    assert list(same)[0] == same.rank_batches(0)[4].tolist()
+    old = {k: v for k, v in state.items() if k != "accumulation"}  # saved before the key existed
+    legacy = TokenBatchSampler(lengths, 300, seed=5, rank=0, world_size=1)
+    legacy.load_state_dict(old)
+    assert list(legacy)[0] == legacy.rank_batches(0)[4].tolist()
 
 
 def test_ranks_are_disjoint():

@@ -46,7 +46,7 @@ def test_every_model_and_data_config_composes(model, data, tmp_path):
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_every_trainer_config_composes(trainer):
     cfg = compose_config([f"trainer={trainer}"])
-    assert cfg.trainer._target_ == "lightning.pytorch.Trainer"
+    assert cfg.trainer._target_ == "nmtbench.trainer.Trainer"  # a lightning.pytorch.Trainer (tests/unit/test_trainer.py)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

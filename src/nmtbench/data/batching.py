@@ -8,9 +8,13 @@ still forms a batch of its own (never dropped), with a warning.
 Training (`TokenBatchSampler(shuffle=True)`), per epoch, deterministic in (seed, epoch):
   1. shuffle the examples, then stable-sort them by length (ties stay random);
   2. pack consecutive examples greedily into batches under the budget;
-  3. if the number of batches is not a multiple of the world size, split the largest
-     batches in two until it is (a split batch stays under the budget; nothing is dropped
-     or repeated), so every rank gets the same number of batches and DDP never waits;
+  3. if the number of batches is not a multiple of W x k (world size x micro-batches per
+     optimizer step, `BatchPlan`), split the largest batches in two until it is (a split
+     batch stays under the budget; nothing is dropped or repeated), so every rank gets the
+     same number of batches (DDP never waits) and every epoch is a whole number of optimizer
+     steps: no accumulation window straddles an epoch boundary or comes up short, so
+     Lightning's micro-batch counters sit on an optimizer-step boundary every k batches and
+     validation, checkpoints and a resume fall between steps, never inside one;
   4. shuffle the batch order; rank r takes batches r, r + W, r + 2W, ...
 Every example appears exactly once per epoch across the ranks.
 
@@ -35,12 +39,27 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from nmtbench.errors import DataError
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How one optimizer step's batch is split: `accumulation` micro-batches of at most
+    `micro_batch_tokens` padded tokens on each of `world_size` devices."""
+
+    accumulation: int
+    micro_batch_tokens: int
+    world_size: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.accumulation * self.micro_batch_tokens * self.world_size
 
 
 def distributed_rank_world() -> tuple[int, int]:
@@ -94,7 +113,8 @@ class TokenBatchSampler:
     """Yields lists of example indices; see the module docstring for the algorithm.
 
     lengths: (N,) padded length of each example, max(len(src) + 1, len(tgt) + 1).
-    rank / world_size default to torch.distributed (or 0 / 1).
+    rank / world_size default to torch.distributed (or 0 / 1). accumulation: micro-batches
+    per optimizer step (k); training epochs hold a multiple of W x k batches.
     """
 
     def __init__(
@@ -106,16 +126,20 @@ class TokenBatchSampler:
         shuffle: bool = True,
         rank: int | None = None,
         world_size: int | None = None,
+        accumulation: int = 1,
     ):
         if rank is None or world_size is None:
             rank, world_size = distributed_rank_world()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        if accumulation < 1:
+            raise ValueError(f"accumulation must be >= 1, got {accumulation}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.max_tokens = int(max_tokens)
         self.seed = int(seed)
         self.shuffle = shuffle
         self.rank, self.world_size = rank, world_size
+        self.accumulation = int(accumulation) if shuffle else 1
         self.epoch = 0
         self.consumed = 0  # batches of the current epoch used by training (see module doc)
         self._resume: dict[str, int] | None = None
@@ -145,12 +169,13 @@ class TokenBatchSampler:
                 f"tokens (longest: {int(self.lengths.max())}); each forms a batch of its own.",
                 stacklevel=2,
             )
-        batches = balance(batches, self.world_size)
-        if len(batches) % self.world_size and self.shuffle:
+        multiple = self.world_size * self.accumulation
+        batches = balance(batches, multiple)
+        if len(batches) % multiple and self.shuffle:
             raise DataError(
-                f"Cannot give each of {self.world_size} ranks the same number of training "
-                f"batches: {n} examples make {len(batches)} single-example batches. "
-                "Use fewer ranks or more data (or a larger data.max_tokens)."
+                f"Cannot make the training epoch a whole number of optimizer steps of {self.world_size} "
+                f"rank(s) x {self.accumulation} micro-batch(es): {n} examples make {len(batches)} "
+                "single-example batches. Use fewer ranks or more data (or a larger data.max_tokens)."
             )
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -192,25 +217,24 @@ class TokenBatchSampler:
         return {
             "epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
             "world_size": self.world_size, "max_tokens": self.max_tokens,
-            "num_examples": len(self.lengths),
+            "accumulation": self.accumulation, "num_examples": len(self.lengths),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue epoch `state["epoch"]` after its first `state["consumed"]` batches.
 
-        If the batches would differ (other seed, world size, budget or data), the saved
-        position is meaningless: warn and start that epoch from its beginning.
+        If the batches would differ (other seed, world size, budget, accumulation or data), the
+        saved position is meaningless: warn and start that epoch from its beginning. (States
+        saved before `accumulation` was recorded count as 1.)
         """
-        same = all(
-            state.get(k) == v for k, v in (
-                ("seed", self.seed), ("world_size", self.world_size),
-                ("max_tokens", self.max_tokens), ("num_examples", len(self.lengths)),
-            )
-        )
-        if not same:
+        keys = ("seed", "world_size", "max_tokens", "accumulation", "num_examples")
+        saved = {**state, "accumulation": state.get("accumulation", 1)}
+        mine = {"seed": self.seed, "world_size": self.world_size, "max_tokens": self.max_tokens,
+                "accumulation": self.accumulation, "num_examples": len(self.lengths)}
+        if any(saved.get(k) != mine[k] for k in keys):
             warnings.warn(
                 "The saved batch sampler state was made with other settings "
-                f"({ {k: state.get(k) for k in ('seed', 'world_size', 'max_tokens', 'num_examples')} }); "
+                f"({ {k: saved.get(k) for k in keys} }, now { mine }); "
                 "the resumed epoch starts from its first batch.",
                 stacklevel=2,
             )

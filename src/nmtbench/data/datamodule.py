@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nmtbench.data.batching import Collator, TokenBatchSampler, distributed_rank_world
+from nmtbench.data.batching import BatchPlan, Collator, TokenBatchSampler, distributed_rank_world
 from nmtbench.data.config import DataConfig, load_data_config
 from nmtbench.data.prepare import PreparedData, load_prepared, prepare
 from nmtbench.data.shards import TokenShard
@@ -67,12 +67,17 @@ class Seq2SeqDataModule(L.LightningDataModule):
     DDP-sharded `TokenBatchSampler` (Lightning must not replace it:
     `trainer.use_distributed_sampler=False`); its position is saved in checkpoints through
     `state_dict()` so a resumed run continues mid-epoch at the next unused batch.
+
+    `plan` (`nmtbench.train.batch_plan`) sets the training micro-batch budget and the
+    micro-batches per optimizer step; without one, a micro-batch is `data.max_tokens` and a
+    step one micro-batch.
     """
 
-    def __init__(self, cfg_data: DataConfig | Mapping[str, Any], seed: int = 0):
+    def __init__(self, cfg_data: DataConfig | Mapping[str, Any], seed: int = 0, plan: BatchPlan | None = None):
         super().__init__()
         self.cfg: DataConfig = load_data_config(cfg_data)
         self.seed = int(seed)
+        self.plan = plan or BatchPlan(accumulation=1, micro_batch_tokens=self.cfg.max_tokens, world_size=1)
         self.prepared: PreparedData | None = None
         self.tokenizer: Tokenizer | None = None
         self.datasets: dict[str, ShardDataset] = {}
@@ -106,7 +111,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         dataset = self._dataset("train")
         self.train_sampler = TokenBatchSampler(
-            dataset.padded_lengths(), self.cfg.max_tokens, seed=self.seed, shuffle=True
+            dataset.padded_lengths(), self.plan.micro_batch_tokens, seed=self.seed, shuffle=True,
+            accumulation=self.plan.accumulation,
         )
         if self._pending_state is not None:
             self.train_sampler.load_state_dict(self._pending_state)
