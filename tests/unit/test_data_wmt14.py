@@ -73,3 +73,40 @@ def test_wmt14_splits_direction_and_cache_reuse_without_the_hub(tmp_path, monkey
     monkeypatch.setattr(datasets, "load_dataset", no_network)
     monkeypatch.setattr(prepare_module, "open_source", no_network)
     assert prepare(cfg).reused
+
+
+def test_the_hub_probe_goes_through_the_https_proxy(monkeypatch):
+    """Compute nodes often reach the internet only through a proxy: the probe must use it
+    (the hub client's session honours HTTP(S)_PROXY), not open a raw socket to the hub."""
+    import http.server
+    import threading
+
+    from huggingface_hub.utils import close_session
+
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # an HTTP proxy gets the absolute URL in the request line
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxy = f"http://127.0.0.1:{server.server_address[1]}"
+        for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.setenv(var, proxy)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.setattr(constants, "ENDPOINT", "http://hub.invalid")  # not resolvable without the proxy
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the probe runs only when online
+        close_session()  # the next session reads the proxy settings
+        assert sources.hub_reachable(timeout=3)
+        assert seen and seen[0].startswith("http://hub.invalid")
+    finally:
+        server.shutdown()
+        close_session()

@@ -12,8 +12,6 @@ invalid UTF-8, a missing file, an unreachable WMT14 download.
 from __future__ import annotations
 
 import os
-import socket
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -274,15 +272,19 @@ def _offline_message(cfg: DataConfig, why: str) -> str:
 
 
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """A quick TCP probe of the HF endpoint (avoids `datasets`' ~25 s of retries offline)."""
-    from huggingface_hub import constants
+    """Whether the HF endpoint answers a HEAD request within `timeout` (any HTTP status).
 
-    url = urllib.parse.urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
+    Made through the hub client's own HTTP session, so it goes where `datasets` would go:
+    through `HTTPS_PROXY`/`HTTP_PROXY` on compute nodes that reach the internet only that way
+    (a raw socket to the hub would fail there and force offline mode). Offline it fails within
+    `timeout`, instead of `datasets`' ~25 s of retries."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
     try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001 - any transport error (requests or httpx): not reachable
         return False
 
 
