@@ -21,7 +21,8 @@ from nmtbench.checkpoints import (
     gather_rng_states,
     set_rng_states,
 )
-from nmtbench.errors import CheckpointError, ConfigError
+from nmtbench.distributed import StepSync
+from nmtbench.errors import CheckpointError, ConfigError, NonFiniteLossError
 from nmtbench.models import build_model
 from nmtbench.optim import build_optimizer, build_scheduler, load_optim_config
 
@@ -163,6 +164,10 @@ class Seq2SeqModule(L.LightningModule):
             )
         # Tokens or sentences of the micro-batches of the current optimizer step (this rank).
         self._step_count: torch.Tensor | int = 0
+        # The step's one agreement between ranks (nmtbench.distributed.StepSync): the count
+        # above, and what callbacks register (non-finite flags, stop signals, a save due).
+        self.step_sync = StepSync()
+        self.step_sync.register("count", lambda: self._step_count)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         # From the checkpoint (on_load_checkpoint) or the datamodule (setup); saved in checkpoints.
         self.tokenizer = None
@@ -196,6 +201,15 @@ class Seq2SeqModule(L.LightningModule):
 
     # -- checkpoints: self-contained (tokenizer inside) and checked on load -------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            # Never write non-finite weights (one pass per save; the per-step check is queued
+            # on the device and read with the next step's agreement: callbacks/nonfinite.py).
+            weights = [v for v in checkpoint.get("state_dict", {}).values() if v.is_floating_point()]
+            if weights and not bool(torch.isfinite(torch.nn.utils.get_total_norm(weights, norm_type=float("inf")))):
+                from nmtbench.callbacks.nonfinite import weights_message
+
+                lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
+                raise NonFiniteLossError(weights_message(self.trainer.global_step - 1, lr))
         if self.tokenizer is not None:
             checkpoint[TOKENIZER_KEY] = {
                 "type": "sentencepiece", "model": self.tokenizer.model_bytes,
@@ -308,19 +322,23 @@ class Seq2SeqModule(L.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Run the closure (the step's last micro-batch), normalise the accumulated gradients,
-        then step. Normalising inside the closure puts it before the `on_before_optimizer_step`
-        hooks and gradient clipping, which therefore see the normalised gradient."""
+        """Run the closure (the step's last micro-batch), agree with the other ranks once
+        (`step_sync`: the step's count, and the callbacks' flags), normalise the accumulated
+        gradients, then step. Inside the closure, all of it comes before the
+        `on_before_optimizer_step` hooks and gradient clipping, which therefore see the
+        agreed flags and the normalised gradient."""
 
         def closure():
             out = optimizer_closure() if optimizer_closure is not None else None
-            self.normalize_gradients()
+            self.step_sync.run(self.trainer, self.device, step=self.trainer.global_step + 1)
+            self.normalize_gradients(self.step_sync.values["count"])
             return out
 
         optimizer.step(closure=closure)
 
-    def normalize_gradients(self) -> None:
-        """Divide the accumulated gradients by the optimizer step's global token or sentence count.
+    def normalize_gradients(self, count: float) -> None:
+        """Divide the accumulated gradients by the optimizer step's global token or sentence
+        count (`count`: summed over micro-batches and ranks by `step_sync`).
 
         training_step returns the summed loss of its micro-batch. Lightning divides every
         micro-batch loss by `accumulate_grad_batches` (k) and DDP averages gradients over the W
@@ -330,15 +348,11 @@ class Seq2SeqModule(L.LightningModule):
         (`model.loss_normalization`: tokens = fairseq's and Vaswani et al.'s per-token loss;
         sentences = Luong et al. 2015 and Sutskever et al. 2014, "divided by 128" sentences).
         """
-        count = torch.as_tensor(self._step_count, device=self.device, dtype=torch.float64)
         self._step_count = 0
-        if self.trainer.world_size > 1:
-            count = self.trainer.strategy.reduce(count, reduce_op="sum")
-        # A 0-d tensor: no host-device synchronisation on GPU.
-        scale = (self.trainer.accumulate_grad_batches * self.trainer.world_size) / count.clamp(min=1.0)
+        scale = (self.trainer.accumulate_grad_batches * self.trainer.world_size) / max(float(count), 1.0)
         for p in self.parameters():
             if p.grad is not None:
-                p.grad.mul_(scale.to(p.grad.dtype))
+                p.grad.mul_(scale)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optim_cfg, self.model.parameters())

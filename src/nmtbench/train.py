@@ -21,8 +21,10 @@ from nmtbench.callbacks.resume import ResumeCheckpoint
 from nmtbench.checkpoints import AtomicCheckpointIO
 from nmtbench.config import to_container
 from nmtbench.data.batching import BatchPlan
+from nmtbench.distributed import all_reduce_sum, on_rank_zero
 from nmtbench.errors import CheckpointError, ConfigError, NmtbenchError, Preempted
 from nmtbench.models import model_config
+from nmtbench.preemption import SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -223,27 +225,38 @@ def checkpoint_to_test(cfg: DictConfig, trainer: L.Trainer, output_dir: Path) ->
 
 def average_after_fit(cfg: DictConfig, trainer: L.Trainer, output_dir: Path) -> Path | None:
     """Average the last `average.last_n` checkpoints of `average.dir` into
-    `<run>/checkpoints/averaged.ckpt` (rank zero writes, every rank waits); None when off.
+    `<run>/checkpoints/averaged.ckpt` (rank zero writes; every rank learns the outcome, so a
+    failure there ends every rank at once: `nmtbench.distributed.on_rank_zero`); None when off.
 
     Vaswani et al. 2017 (section 6.1) average the last 5 (base) or 20 (big) checkpoints,
     written at 10-minute intervals; the experiment's periodic checkpoint callback keeps them.
     """
-    from nmtbench.checkpoints import last_checkpoints, save_averaged
-
     avg = cfg.get("average") or {}
     n = int(avg.get("last_n") or 0)
     if n <= 0:
         return None
     target = output_dir / "checkpoints" / "averaged.ckpt"
-    if trainer.is_global_zero:
-        paths = last_checkpoints(avg.get("dir") or output_dir / "checkpoints", n)
-        if len(paths) < n:
-            log.warning("average.last_n=%d but only %d checkpoints exist: averaging those.", n, len(paths))
-        save_averaged(paths, target)
-        log.info("Averaged %d checkpoints (steps of %s) into %s", len(paths),
-                 ", ".join(p.name for p in paths), target)
-    trainer.strategy.barrier("average_after_fit")
+    source = Path(avg.get("dir") or output_dir / "checkpoints")
+    on_rank_zero(trainer, "checkpoint averaging", _average, source, n, target)
     return target
+
+
+def _average(source: Path, n: int, target: Path) -> None:
+    from nmtbench.checkpoints import last_checkpoints, save_averaged
+
+    if not source.is_dir() or not any(source.glob("*.ckpt")):
+        raise CheckpointError(
+            f"average.dir={source} holds no checkpoints to average (average.last_n={n}): the run saved "
+            "none there, e.g. it was shorter than the periodic checkpoint interval. Its other "
+            "checkpoints are complete; average them by hand (scripts/average_checkpoints.py), or set "
+            "average.last_n=0."
+        )
+    paths = last_checkpoints(source, n)
+    if len(paths) < n:
+        log.warning("average.last_n=%d but only %d checkpoints exist: averaging those.", n, len(paths))
+    save_averaged(paths, target)
+    log.info("Averaged %d checkpoints (steps of %s) into %s", len(paths), ", ".join(p.name for p in paths), target)
+
 
 def compile_in_place(module) -> None:
     """`torch.compile` the model's forward in place (`nn.Module.compile`), and on CUDA the loss.
@@ -273,10 +286,44 @@ def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, Lightning's `SLURMEnvironment` with auto-requeue off: its SIGUSR1 handler
+    saves from inside the signal handler on every rank; `nmtbench.preemption` handles the
+    signal instead (agreed at a step end, `last.ckpt`, `scontrol requeue` on rank zero)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def stop_point(trainer: L.Trainer, where: str) -> None:
+    """Between the phases of `train()`: if any rank got a stop signal, every rank stops here
+    together (one all-reduce), with exit status 143."""
+    flag = torch.tensor([float(SIGNALS.requested)], dtype=torch.float64, device=trainer.strategy.root_device)
+    if all_reduce_sum(trainer, flag).item() > 0:
+        message = f"Stopped by {SIGNALS.describe()} {where}; the run's checkpoints are complete."
+        rank_zero_only(log.warning)(message)
+        raise Preempted(message)
+
+
+def log_batch_plan(cfg: DictConfig, plan: BatchPlan, module) -> None:
+    log.info("Batch per optimizer step: %d micro-batch(es) of <= %d padded tokens on %d device(s) "
+             "= <= %d tokens (data.effective_batch_tokens=%s, data.max_tokens=%s); loss / %s",
+             plan.accumulation, plan.micro_batch_tokens, plan.world_size, plan.tokens_per_step,
+             cfg.data.get("effective_batch_tokens"), cfg.data.max_tokens, module.loss_normalization)
+    if not cfg.data.get("effective_batch_tokens") and plan.world_size > 1:
+        log.warning("data.effective_batch_tokens is not set, so the batch per optimizer step grows with the "
+                    "device count: %d devices x %d micro-batch(es) x %d tokens = %d tokens per step. The "
+                    "learning rate schedule was tuned for a batch, not a device count: pin it with "
+                    "data.effective_batch_tokens=%d (the same step on any number of GPUs; the paper rows "
+                    "pin 27000 for the Transformer, 3750 for the LSTMs).", plan.world_size, plan.accumulation,
+                    plan.micro_batch_tokens, plan.tokens_per_step, plan.tokens_per_step)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (and optionally test) the configured model; return the final metrics."""
     from nmtbench.data.config import load_data_config
     from nmtbench.data.datamodule import Seq2SeqDataModule
+    from nmtbench.data.prepare import prepare
     from nmtbench.module import Seq2SeqModule
 
     model_config(cfg.model)  # validate the architecture and data keys before any heavy work
@@ -284,6 +331,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     degrade_gpu_settings(cfg)
     check_devices(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
+    # The data cache, built or reused by every process before any process group exists: one
+    # builds it under a file lock while the others wait on the lock, so no collective (with
+    # its timeout) ever waits on data preparation (hours for WMT14 on a slow disk).
+    prepare(data_cfg)
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
 
@@ -298,7 +349,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     plugins = hydra.utils.instantiate(cfg.trainer.get("plugins")) or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 plugins=[*plugins, AtomicCheckpointIO()])
+                                                 plugins=[*plugins, *cluster_plugins(), AtomicCheckpointIO()])
     order_callbacks(trainer)
     resume = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
     if ckpt_path == "last" and not trainer.checkpoint_callbacks and resume and Path(resume.path).is_file():
@@ -315,16 +366,33 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         log.info("Model %s: %s parameters (vocab %d)", cfg.model.name, f"{module.num_parameters:,}",
                  cfg.data.vocab_size)
-        log.info("Batch per optimizer step: %d micro-batch(es) of <= %d padded tokens on %d device(s) "
-                 "= <= %d tokens (data.effective_batch_tokens=%s, data.max_tokens=%s); loss / %s",
-                 plan.accumulation, plan.micro_batch_tokens, plan.world_size, plan.tokens_per_step,
-                 cfg.data.get("effective_batch_tokens"), cfg.data.max_tokens,
-                 module.loss_normalization)
+        log_batch_plan(cfg, plan, module)
 
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
+    SIGNALS.reset()
+    SIGNALS.install(trainer)  # SIGTERM/SIGUSR1 become flags the ranks agree on (nmtbench.preemption)
+    try:
+        return _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, resume, output_dir)
+    finally:
+        SIGNALS.restore()
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Destroy the process group the run created, on every rank, before the process exits:
+    left to the interpreter's shutdown, a rank that finishes first can abort in the backend's
+    destructor while its peers still hold the connection (seen with gloo: SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckpt_path: str | None,
+                  resume: ResumeCheckpoint | None, output_dir: Path) -> dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except CheckpointError as exc:  # raised while restoring: say which file
@@ -335,10 +403,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     if not trainer.fast_dev_run and not trainer.interrupted:
         save_final_checkpoint(trainer, output_dir)
-    if resume is not None and resume.stop_requested:  # SIGTERM in the last step: no test
-        message = f"Stopped by SIGTERM after the last step ({trainer.global_step}); the test is skipped."
+    if resume is not None and resume.stop_requested:  # a stop signal in the last step: no test
+        message = f"Stopped by {SIGNALS.describe()} after the last step ({trainer.global_step}); the test is skipped."
         rank_zero_only(log.warning)(message)
         raise Preempted(message)
+    stop_point(trainer, "after training, before the test")
     metrics = scalar_metrics(trainer)
 
     if cfg.get("test") and not trainer.fast_dev_run:
@@ -346,6 +415,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(scalar_metrics(trainer))
         averaged = average_after_fit(cfg, trainer, output_dir)
         if averaged is not None:
+            stop_point(trainer, "after averaging checkpoints, before testing the average")
             trainer.test(module, datamodule=datamodule, ckpt_path=str(averaged))
             metrics.update(scalar_metrics(trainer))
     if trainer.is_global_zero:

@@ -10,6 +10,10 @@ step; a request that comes inside a step is served at the step's end. (The batch
 makes every epoch a whole number of steps, `nmtbench.data.batching`, so the step-counted
 validations of `val_check_interval` fall on step boundaries by themselves.)
 
+Checkpoints that rank zero writes alone (DDP) end with a broadcast of the outcome instead of
+Lightning's barrier (`nmtbench.distributed.on_rank_zero`): if the write fails there, every
+rank stops with the error instead of the others waiting in the barrier.
+
 It also drops Lightning's per-micro-batch SIGTERM broadcast under DDP (a collective and a
 host sync for every micro-batch): `nmtbench.callbacks.resume.ResumeCheckpoint` replaces
 Lightning's SIGTERM handler, so that broadcast would only ever send zeros, and the ranks agree
@@ -22,6 +26,9 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+from lightning.pytorch.strategies import Strategy
+
+from nmtbench.distributed import on_rank_zero
 
 
 class StepBoundaryEpochLoop(_TrainingEpochLoop):
@@ -53,6 +60,17 @@ class Trainer(L.Trainer):
         self.fit_loop.epoch_loop = StepBoundaryEpochLoop(
             self, min_steps=epoch_loop.min_steps, max_steps=epoch_loop.max_steps
         )
+
+    def save_checkpoint(self, filepath: Any, weights_only: bool | None = None, storage_options: Any = None) -> None:
+        """Lightning's save (every rank builds the checkpoint together), with rank zero's write
+        followed by the broadcast of its outcome. Strategies that write on several ranks
+        (sharded FSDP, DeepSpeed) keep Lightning's own save."""
+        if self.model is None or type(self.strategy).save_checkpoint is not Strategy.save_checkpoint:
+            return super().save_checkpoint(filepath, weights_only, storage_options)
+        with self.profiler.profile("save_checkpoint"):
+            checkpoint = self._checkpoint_connector.dump_checkpoint(weights_only)
+            on_rank_zero(self, f"writing the checkpoint {filepath}", self.strategy.checkpoint_io.save_checkpoint,
+                         checkpoint, filepath, storage_options=storage_options)
 
 
 __all__ = ["StepBoundaryEpochLoop", "Trainer"]

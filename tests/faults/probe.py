@@ -3,11 +3,14 @@
 `Probe` appends one JSON line per training batch to `<out_dir>/rank<r>.jsonl` (flushed at
 once, so a `kill -9` keeps every line written), and can
 - pause at the end of step `pause_at_step` (rank zero only) after writing `<out_dir>/paused`,
-  until SIGTERM arrives or `pause_seconds` pass: the test then kills or signals it at a
-  known step;
+  until a stop signal arrives or `pause_seconds` pass: the test then kills it at a known step;
+- pause during step `signal_at_step` (rank zero only), in the backward of its last
+  micro-batch, before the ranks agree on the step (`nmtbench.distributed.StepSync`), after
+  writing `<out_dir>/paused`: a stop signal sent then stops the run at the end of that step;
 - make the loss NaN at `nan_steps` (on `nan_ranks`) through a forward hook on the logits;
 - set the learning rate to NaN at `nan_lr_step`, so the update makes the weights NaN;
-- pause at the first test batch (`pause_in_test`), so the test can be signalled;
+- pause at the first test batch (`pause_in_test`) until a stop signal arrives, so the test
+  can be signalled;
 - write `<out_dir>/end_rank<r>.json` at the end of fit: the NonFiniteLossCallback summary
   and the saves of ResumeCheckpoint.
 """
@@ -23,14 +26,18 @@ import torch
 
 from nmtbench.callbacks.nonfinite import NonFiniteLossCallback
 from nmtbench.callbacks.resume import ResumeCheckpoint
+from nmtbench.preemption import SIGNALS
 
 
 class Probe(L.Callback):
     def __init__(self, out_dir: str, pause_at_step: int | None = None, pause_seconds: float = 120.0,
                  nan_steps: list[int] | None = None, nan_ranks: list[int] | None = None,
-                 nan_lr_step: int | None = None, pause_in_test: bool = False):
+                 nan_lr_step: int | None = None, pause_in_test: bool = False, signal_at_step: int | None = None,
+                 pause_rank: int = 0):
         self.out_dir = Path(out_dir)
         self.pause_at_step = pause_at_step
+        self.signal_at_step = signal_at_step
+        self.pause_rank = pause_rank
         self.pause_seconds = pause_seconds
         self.nan_steps = set(nan_steps or [])
         self.nan_ranks = None if nan_ranks is None else set(nan_ranks)
@@ -67,17 +74,24 @@ class Probe(L.Callback):
                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "ids": batch["ids"].tolist()}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if trainer.global_step == self.pause_at_step and trainer.global_rank == 0:
-            (self.out_dir / "paused").write_text(str(trainer.global_step))
-            resume = next((c for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), None)
-            deadline = time.monotonic() + self.pause_seconds
-            while time.monotonic() < deadline and not (resume is not None and resume.sigterm_received):
-                time.sleep(0.02)
+        if trainer.global_step == self.pause_at_step and trainer.global_rank == self.pause_rank:
+            self._pause("paused", trainer.global_step)
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        last = not trainer.fit_loop.epoch_loop._should_accumulate()  # this micro-batch ends the step
+        if last and trainer.global_step + 1 == self.signal_at_step and trainer.global_rank == self.pause_rank:
+            self._pause("paused", trainer.global_step + 1)
+
+    def _pause(self, name: str, step: int) -> None:
+        """Write <out_dir>/<name>, then wait until a stop signal arrives (or pause_seconds)."""
+        (self.out_dir / name).write_text(str(step))
+        deadline = time.monotonic() + self.pause_seconds
+        while time.monotonic() < deadline and not SIGNALS.requested:
+            time.sleep(0.02)
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
-        if self.pause_in_test and batch_idx == 0 and trainer.global_rank == 0:
-            (self.out_dir / "paused_test").write_text("test")
-            time.sleep(self.pause_seconds)  # a SIGTERM ends it (the handler raises)
+        if self.pause_in_test and batch_idx == 0 and trainer.global_rank == self.pause_rank:
+            self._pause("paused_test", trainer.global_step)
 
     def on_fit_end(self, trainer, pl_module):
         nonfinite = next((c for c in trainer.callbacks if isinstance(c, NonFiniteLossCallback)), None)

@@ -42,9 +42,9 @@ def assert_same_losses(ref: dict[int, float], got: dict[int, float], steps: rang
 
 
 def sigterm_at(root: Path, step: int, name: str, ddp: bool = False) -> tuple[int, float, str]:
-    """Resume, pause at `step`, SIGTERM rank zero; (exit code, seconds to exit, output)."""
+    """Resume, pause during `step`, SIGTERM rank zero; (exit code, seconds to exit, output)."""
     probe = root / f"probe_{name}"
-    r = start("train.py", args(root, "ckpt_path=last", *probe_overrides(probe, pause_at_step=step), ddp=ddp),
+    r = start("train.py", args(root, "ckpt_path=last", *probe_overrides(probe, signal_at_step=step), ddp=ddp),
               root / f"{name}.log")
     r.wait_for(probe / "paused")
     sent = time.monotonic()
@@ -135,7 +135,7 @@ def test_ddp_kill9_and_sigterm_resume_exactly(tmp_path, fault_table):
     assert ckpt_step(root / "run" / "checkpoints" / "last.ckpt") == 12
 
     probe = root / "probe_term"
-    r = start("train.py", args(root, "ckpt_path=last", *probe_overrides(probe, pause_at_step=17, **nan), ddp=True),
+    r = start("train.py", args(root, "ckpt_path=last", *probe_overrides(probe, signal_at_step=17, **nan), ddp=True),
               root / "term.log")
     r.wait_for(probe / "paused")
     sent = time.monotonic()

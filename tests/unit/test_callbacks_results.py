@@ -262,7 +262,7 @@ def test_disabled_callbacks_give_reasons(tmp_path):
 def test_only_rank_zero_writes(tmp_path):
     cb = ResultsCallback(output_dir=str(tmp_path))
     cb.stages = ["fit"]
-    not_zero = SimpleNamespace(is_global_zero=False)
+    not_zero = SimpleNamespace(is_global_zero=False, world_size=1)
     cb._write(not_zero, None)  # returns before touching the trainer/module
     assert not (tmp_path / "results.json").exists()
 

@@ -1,8 +1,9 @@
 """NonFiniteLossCallback: a NaN/inf loss never reaches the weights.
 
 Before every optimizer step, the step's training losses (every micro-batch) and, unless an
-fp16 GradScaler already handles overflow, its gradients are checked. Under DDP the verdict
-is all-reduced, so every rank skips or stops at the same step. Then, by `action`:
+fp16 GradScaler already handles overflow, its gradients are checked. The verdict is part of
+the step's one agreement between ranks (`nmtbench.distributed.StepSync`), so every rank
+skips or stops at the same step without a collective of its own. Then, by `action`:
 
 - `skip`: the update is dropped (gradients set to None: the optimizer leaves every parameter
   and its state alone; the step counter and LR schedule move on). Counted in
@@ -12,9 +13,10 @@ is all-reduced, so every rank skips or stops at the same step. Then, by `action`
   `train/loss`) and the last learning rate.
 
 After each optimizer step the weights themselves are checked (`check_weights`): a finite
-gradient with an extreme learning rate can still overflow them. Non-finite weights always
-stop the run, before any checkpoint of them is written (this callback runs before the
-checkpoint callbacks and before validation), so `last.ckpt` keeps the last good state.
+gradient with an extreme learning rate can still overflow them. The check is queued on the
+device and read with the next step's agreement (no host sync of its own); non-finite weights
+then stop the run. They are never checkpointed: `Seq2SeqModule.on_save_checkpoint` refuses to
+write them (a check per save), so `last.ckpt` keeps the last good state.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import lightning as L
 import torch
 
 from nmtbench.callbacks.common import MeasurementCallback
+from nmtbench.distributed import all_reduce_sum
 from nmtbench.errors import ConfigError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,7 @@ class NonFiniteLossCallback(MeasurementCallback):
         self._bad_loss: torch.Tensor | None = None  # any non-finite micro-batch loss since the last step
         self._last_loss_tensor: torch.Tensor | None = None
         self._last_checked_step = -1
+        self._weights_flag: torch.Tensor | None = None  # after the last update, not yet read
 
     # -- results.json --------------------------------------------------------------------
     def summary(self) -> tuple[dict[str, Any], dict[str, str]]:
@@ -67,26 +71,51 @@ class NonFiniteLossCallback(MeasurementCallback):
         self.consecutive = int(state_dict.get("consecutive", 0))
 
     # -- checks --------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        sync = getattr(pl_module, "step_sync", None)
+        if stage == "fit" and sync is not None:
+            sync.register("nonfinite_loss_or_grad", lambda: self._step_flag(trainer, pl_module))
+            sync.register("nonfinite_weights", lambda: self._weights_flag if self._weights_flag is not None else 0.0)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_checked_step = trainer.global_step
+        self._weights_flag = None
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         bad = ~torch.isfinite(loss.detach()).all()  # stays on the device: no sync per micro-batch
         self._bad_loss = bad if self._bad_loss is None else self._bad_loss | bad
         self._last_loss_tensor = loss.detach()
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+    def _step_flag(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.Tensor:
+        """1 if this rank's losses or (unless an fp16 GradScaler handles overflow) gradients of
+        the step are not all finite; a device tensor, read with the step's agreement."""
         bad = self._bad_loss if self._bad_loss is not None else torch.zeros((), dtype=torch.bool, device=pl_module.device)
         self._bad_loss = None
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if scaler is None and grads:  # fp16 loss scaling skips overflowing steps itself
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if getattr(trainer.precision_plugin, "scaler", None) is None and grads:
             bad = bad | ~torch.isfinite(_max_abs(grads))
-        if not _agree(trainer, pl_module, bad):
-            self.consecutive = 0
-            return
+        return bad.float()
+
+    def _agreed(self, trainer: L.Trainer, pl_module: L.LightningModule) -> tuple[bool, bool]:
+        """(non-finite loss or gradient on any rank, non-finite weights after the previous update)."""
+        sync = getattr(pl_module, "step_sync", None)
+        if sync is not None and sync.step == trainer.global_step + 1 and "nonfinite_weights" in sync.values:
+            return sync.values["nonfinite_loss_or_grad"] > 0, sync.values["nonfinite_weights"] > 0
+        weights = self._weights_flag if self._weights_flag is not None else 0.0
+        flags = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=pl_module.device).reshape(())
+                             for v in (self._step_flag(trainer, pl_module), weights)])
+        flags = all_reduce_sum(trainer, flags).tolist()
+        return flags[0] > 0, flags[1] > 0
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        bad, bad_weights = self._agreed(trainer, pl_module)
         step = trainer.global_step
         lr = optimizer.param_groups[0]["lr"]
+        if bad_weights:
+            raise NonFiniteLossError(weights_message(step - 1, lr))
+        if not bad:
+            self.consecutive = 0
+            return
         loss = float("nan") if self._last_loss_tensor is None else float(self._last_loss_tensor)
         what = f"Non-finite training loss or gradient (last loss {loss}) at step {step} (lr {lr:.3g})"
         if self.action == "stop":
@@ -113,14 +142,15 @@ class NonFiniteLossCallback(MeasurementCallback):
             return  # no optimizer step since the last check (gradient accumulation)
         self._last_checked_step = step
         params = [p.detach() for p in pl_module.parameters()]
-        bad = ~torch.isfinite(_max_abs(params)) if params else torch.zeros((), dtype=torch.bool)
-        if _agree(trainer, pl_module, bad):
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-            raise NonFiniteLossError(
-                f"The weights became non-finite in the update of step {step - 1} (lr {lr:.3g}) although "
-                "its loss and gradients were finite. Stopped before any checkpoint of them; the "
-                "checkpoints hold the last finite weights. Lower model.optim.lr or set "
-                "trainer.gradient_clip_val.")
+        # Queued on the device; read with the next step's agreement (checkpoints check themselves).
+        self._weights_flag = (~torch.isfinite(_max_abs(params))).float() if params else None
+
+
+def weights_message(update_step: int, lr: float) -> str:
+    return (f"The weights became non-finite in the update of step {update_step} (lr {lr:.3g}) although "
+            "its loss and gradients were finite. Stopped before any checkpoint of them; the "
+            "checkpoints hold the last finite weights. Lower model.optim.lr or set "
+            "trainer.gradient_clip_val.")
 
 
 def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -128,9 +158,3 @@ def _max_abs(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(tensors, norm_type=float("inf"))
 
 
-def _agree(trainer: L.Trainer, pl_module: L.LightningModule, bad: torch.Tensor) -> bool:
-    """True if any rank saw a non-finite value (one sync; an all-reduce under DDP)."""
-    flag = bad.to(device=pl_module.device, dtype=torch.float32).reshape(1)
-    if trainer.world_size > 1:
-        flag = trainer.strategy.reduce(flag, reduce_op="sum")
-    return bool(flag.item() > 0)

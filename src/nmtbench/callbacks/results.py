@@ -35,6 +35,7 @@ from nmtbench.callbacks.gpu_stats import GpuStatsCallback
 from nmtbench.callbacks.nonfinite import NonFiniteLossCallback
 from nmtbench.callbacks.throughput import ThroughputCallback
 from nmtbench.callbacks.wallclock import WallClockCallback
+from nmtbench.distributed import on_rank_zero
 
 # Re-exported for callers written before validation moved to nmtbench.results_schema.
 from nmtbench.results_schema import SCHEMA_VERSION, ResultsFileError, load_results, results_schema
@@ -140,8 +141,10 @@ class ResultsCallback(L.Callback):
 
     # -- writing -------------------------------------------------------------------------
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
+        """Rank zero writes; every rank learns whether it could (nmtbench.distributed)."""
+        on_rank_zero(trainer, f"writing {self.filename}", self._write_on_rank_zero, trainer, pl_module)
+
+    def _write_on_rank_zero(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         out_dir = Path(self.output_dir or trainer.default_root_dir)
         self.path = out_dir / self.filename
         results = self.build(trainer, pl_module)

@@ -17,6 +17,7 @@ from nmtbench.data.prepare import PreparedData, load_prepared, prepare
 from nmtbench.data.shards import TokenShard
 from nmtbench.data.tokenizer import Tokenizer
 from nmtbench.errors import DataError
+from nmtbench.preemption import ignore_in_worker
 
 
 class ShardDataset(Dataset):
@@ -223,6 +224,8 @@ class Seq2SeqDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
+            # Workers ignore SIGTERM/SIGUSR1: the main process acts on them (nmtbench.preemption).
+            worker_init_fn=ignore_in_worker if workers > 0 else None,
             # Its own generator: creating an iterator then leaves the global RNG (dropout) alone,
             # so a resumed run's random stream matches an uninterrupted one's.
             generator=torch.Generator().manual_seed(self.seed),
