@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from nmtbench.checkpoints import load_checkpoint
 from nmtbench.config import to_container
 from nmtbench.errors import CheckpointError, ConfigError, DataError
+from nmtbench.precision import decoding_context, decoding_precision
 from nmtbench.scoring import corpus_scores
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sources, refs = sources[: int(cfg.max_sentences)], refs[: int(cfg.max_sentences)]
     lang = cfg.get("lang") or data_cfg.tgt_lang
 
+    precision = decoding_precision(str(cfg.get("precision", "auto")), device)
     start = time.perf_counter()
-    hyps = translate_lines(module, sources, beam_size=int(cfg.beam_size), length_penalty=float(cfg.length_penalty),
-                           max_len_b=int(cfg.max_len_b), max_tokens=data_cfg.eval_max_tokens)
+    with decoding_context(precision, device):
+        hyps = translate_lines(module, sources, beam_size=int(cfg.beam_size), length_penalty=float(cfg.length_penalty),
+                               max_len_b=int(cfg.max_len_b), max_tokens=data_cfg.eval_max_tokens)
     seconds = time.perf_counter() - start
 
     scores = corpus_scores(hyps, refs, lang=lang)
@@ -129,7 +132,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         data=f"{_describe(data_cfg)}, {cfg.split} {len(refs)} pairs",
         model=module.hparams["cfg"]["model"]["name"], tokenizer_sha256=module.tokenizer.sha256,
         beam_size=int(cfg.beam_size), length_penalty=float(cfg.length_penalty), max_len_b=int(cfg.max_len_b),
-        device=str(device), decode_seconds=round(seconds, 3),
+        device=str(device), precision=precision, decode_seconds=round(seconds, 3),
         sentences_per_sec=round(len(hyps) / max(seconds, 1e-9), 3),
     )
     out = Path(cfg.paths.output_dir)
@@ -137,7 +140,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     (out / "hypotheses.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     (out / "references.txt").write_text("".join(r + "\n" for r in refs), encoding="utf-8")
     (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"[evaluate] {cfg.split}: {len(hyps)} sentences, beam {cfg.beam_size}, lp {cfg.length_penalty} "
+    print(f"[evaluate] {cfg.split}: {len(hyps)} sentences, beam {cfg.beam_size}, lp {cfg.length_penalty}, {precision} "
           f"({seconds:.1f} s, {scores['sentences_per_sec']:.1f} sentences/s)")
     print(f"  sacreBLEU (detokenized) {scores['sacrebleu']:.2f}  {scores['signature']}")
     print(f"  chrF                    {scores['chrf']:.2f}  {scores['chrf_signature']}")
@@ -157,16 +160,18 @@ def translate(cfg: DictConfig) -> list[str]:
     (null = stdout) with the checkpoint alone."""
     if cfg.get("ckpt_path") in (None, "", "???"):
         raise ConfigError("translate needs ckpt_path=<path to a .ckpt>.")
-    module = load_module(cfg.ckpt_path, pick_device(cfg.get("device", "auto")), cfg.get("data"))
+    device = pick_device(cfg.get("device", "auto"))
+    module = load_module(cfg.ckpt_path, device, cfg.get("data"))
     if cfg.get("input"):
         if not Path(cfg.input).is_file():
             raise DataError(f"input={cfg.input} does not exist (a text file, one sentence a line).")
         text = Path(cfg.input).read_text(encoding="utf-8")
     else:
         text = sys.stdin.read()
-    hyps = translate_lines(module, text.splitlines(), beam_size=int(cfg.beam_size),
-                           length_penalty=float(cfg.length_penalty), max_len_b=int(cfg.max_len_b),
-                           max_tokens=int(cfg.max_tokens))
+    with decoding_context(decoding_precision(str(cfg.get("precision", "auto")), device), device):
+        hyps = translate_lines(module, text.splitlines(), beam_size=int(cfg.beam_size),
+                               length_penalty=float(cfg.length_penalty), max_len_b=int(cfg.max_len_b),
+                               max_tokens=int(cfg.max_tokens))
     out = "".join(h + "\n" for h in hyps)
     if cfg.get("output"):
         Path(cfg.output).write_text(out, encoding="utf-8")

@@ -14,8 +14,9 @@ Peak values come, in this order, from:
 2. the datasheet table below for NVIDIA H200/H100/A100/V100/P100 (dense, i.e. without the
    2:4 structured sparsity that NVIDIA's headline tensor-core numbers assume; those are
    halved here),
-3. on CPU, a measurement: a ~1 s fp32 matmul benchmark (`measure_cpu_matmul_flops`) with
-   the process's torch thread count. That is "achieved peak", not a datasheet number, so a
+3. on CPU, a measurement: a ~1 s matmul benchmark (`measure_cpu_matmul_flops`) in the
+   run's compute dtype (bf16 under bf16-mixed, else fp32) with the process's torch thread
+   count. That is "achieved peak", not a datasheet number, so a
    CPU MFU says how close the model gets to a large matmul on the same cores.
 Other GPUs fall back to Lightning's `get_available_flops` table (which mixes dense and
 sparse numbers for some chips, so prefer configuring the value).
@@ -121,15 +122,15 @@ def datasheet_peak_flops(device_name: str, dtype: str) -> tuple[float | None, st
     return table[dtype], f"datasheet: {key} {dtype} dense"
 
 
-def measure_cpu_matmul_flops(seconds: float = 1.0, n: int = 1024) -> float:
-    """Best achieved fp32 FLOP/s of an (n x n) @ (n x n) matmul on CPU within ~`seconds`.
+def measure_cpu_matmul_flops(seconds: float = 1.0, n: int = 1024, dtype: torch.dtype = torch.float32) -> float:
+    """Best achieved FLOP/s of an (n x n) @ (n x n) matmul in `dtype` on CPU within ~`seconds`.
 
     One warm-up matmul, then timed matmuls for ~`seconds`; 2 * n^3 FLOPs each. The fastest
     single matmul counts (a peak, not a mean: a momentarily busy core must not make the
     model's MFU exceed 1). Uses the current `torch.get_num_threads()`.
     """
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm-up (thread pool, caches)
     best, start = float("inf"), time.perf_counter()
     while True:
@@ -146,7 +147,7 @@ def _cuda_tf32_enabled(device: torch.device) -> bool:
     return major >= 8 and torch.get_float32_matmul_precision() != "highest"
 
 
-CPU_MEASURED = "measured: CPU fp32 matmul"
+CPU_MEASURED = "measured: CPU"  # + " fp32 matmul" / " bf16 matmul"
 
 
 def resolve_peak_flops(
@@ -180,10 +181,11 @@ def resolve_peak_flops(
     if device.type == "cpu":
         if cpu_benchmark_seconds <= 0:
             return None, "CPU benchmark disabled (cpu_benchmark_seconds <= 0) and no peak_flops_per_device"
-        peak = measure_cpu_matmul_flops(cpu_benchmark_seconds)
-        log.info("CPU peak for MFU: %.3g FLOP/s (fp32 matmul benchmark, %d threads)", peak,
-                 torch.get_num_threads())
-        return peak, CPU_MEASURED
+        # bf16 matmuls under bf16-mixed, with their own (higher) peak
+        name = "bf16" if compute_dtype(precision) == "bf16" else "fp32"
+        peak = measure_cpu_matmul_flops(cpu_benchmark_seconds, dtype=torch.bfloat16 if name == "bf16" else torch.float32)
+        log.info("CPU peak for MFU: %.3g FLOP/s (%s matmul benchmark, %d threads)", peak, name, torch.get_num_threads())
+        return peak, f"{CPU_MEASURED} {name} matmul"
     return None, f"no peak FLOP/s known for device type {device.type!r}; set peak_flops_per_device"
 
 

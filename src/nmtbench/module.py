@@ -354,6 +354,24 @@ class Seq2SeqModule(L.LightningModule):
             if p.grad is not None:
                 p.grad.mul_(scale)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """`trainer.gradient_clip_val`: Lightning's clipping, except clipping by norm without a
+        loss scaler (fp32, bf16), which is done here: Lightning's mixed-precision plugin refuses
+        any clipping with a fused optimizer (the CPU default), although without a scaler there
+        is nothing to unscale, and its FSDP plugin refuses clipping by norm (a sharded model
+        clips with its own `clip_grad_norm_`, the norm over every shard)."""
+        if not gradient_clip_val:
+            return
+        if (gradient_clip_algorithm or "norm") == "norm" and getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            sharded = getattr(self.trainer.strategy, "model", None)
+            if hasattr(sharded, "clip_grad_norm_"):  # FSDP
+                sharded.clip_grad_norm_(float(gradient_clip_val))
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), float(gradient_clip_val))
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val,
+                            gradient_clip_algorithm=gradient_clip_algorithm)
+
     def configure_optimizers(self):
         optimizer = build_optimizer(self.optim_cfg, self.model.parameters())
         scheduler = build_scheduler(optimizer, self.optim_cfg, self.model.model_dim,

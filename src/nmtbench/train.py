@@ -24,6 +24,7 @@ from nmtbench.data.batching import BatchPlan
 from nmtbench.distributed import all_reduce_sum, on_rank_zero
 from nmtbench.errors import CheckpointError, ConfigError, NmtbenchError, Preempted
 from nmtbench.models import model_config
+from nmtbench.precision import resolve_precision
 from nmtbench.preemption import SIGNALS
 
 log = logging.getLogger(__name__)
@@ -86,32 +87,32 @@ def order_callbacks(trainer: L.Trainer) -> None:
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ResumeCheckpoint)] + resume
 
 
-GPU_ONLY_PRECISIONS = ("16-mixed", "bf16-mixed", "16-true", "bf16-true", "16", "bf16", "transformer-engine")
-
-
 def degrade_gpu_settings(cfg: DictConfig) -> None:
-    """Make GPU-only trainer settings safe on a machine without CUDA (edits `cfg.trainer`).
+    """Make the trainer's device settings fit this machine (edits `cfg.trainer`).
 
     - `trainer.accelerator: gpu|cuda` without a visible GPU is an error that names the fix.
-    - Mixed/half precision on CPU falls back to `32-true` with a warning: CPU autocast in
-      bf16/fp16 is about 100x slower than fp32 here and gives no memory benefit worth having.
+    - `trainer.precision` is resolved for the device (`nmtbench.precision.resolve_precision`):
+      `auto` becomes `bf16-mixed` on a CPU with native bf16 (AMX, AVX512-BF16) and `32-true` on
+      others; bf16 asked for on a CPU without it, and fp16 on any CPU, fall back to `32-true`.
+      The choice and its reason are logged once.
     """
-    if torch.cuda.is_available():
-        return
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda"):
+    on_gpu = torch.cuda.is_available() and accelerator in ("gpu", "cuda", "auto")
+    if not torch.cuda.is_available() and accelerator in ("gpu", "cuda"):
         raise ConfigError(
             f"trainer.accelerator={accelerator} but no CUDA GPU is visible. On this machine use "
             "trainer=cpu (one process) or trainer=ddp_sim (2 CPU processes over gloo), "
             "or set trainer.accelerator=cpu."
         )
-    precision = str(cfg.trainer.get("precision", "32-true"))
-    if accelerator in ("cpu", "auto") and precision in GPU_ONLY_PRECISIONS:
-        # Before the Trainer exists, Lightning's rank_zero_only reads the rank from the launcher's
-        # environment (RANK, LOCAL_RANK, SLURM_PROCID): warn once, not once per process.
-        rank_zero_only(log.warning)("trainer.precision=%s needs a GPU; no CUDA device is visible, so training runs in "
-                    "32-true instead (CPU bf16/fp16 autocast is far slower than fp32).", precision)
-        cfg.trainer.precision = "32-true"
+    requested = str(cfg.trainer.get("precision", "32-true"))
+    precision, why = resolve_precision(requested, on_gpu)
+    # Before the Trainer exists, Lightning's rank_zero_only reads the rank from the launcher's
+    # environment (RANK, LOCAL_RANK, SLURM_PROCID): log once, not once per process.
+    if precision != requested and requested != "auto":
+        rank_zero_only(log.warning)("Precision %s: %s.", precision, why)
+    elif requested == "auto" or not on_gpu:
+        rank_zero_only(log.info)("Precision %s (trainer.precision=%s): %s.", precision, requested, why)
+    cfg.trainer.precision = precision
 
 
 def check_hydra_multirun(trainer: L.Trainer) -> None:

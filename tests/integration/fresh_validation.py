@@ -6,8 +6,8 @@ Each checkpoint is loaded into a new module (`nmtbench.evaluate.load_module`: we
 config and tokenizer from the file) in a process that never trained, so no state of the
 training process (caches, optimizer, callbacks) can reach the numbers. It scores the
 validation split the way the run's config says validation does, but without the callbacks'
-code: the same validation batches (the run's data module), the loss summed over their target
-tokens, and the run's `callbacks.bleu` decoding (beam size, length penalty, max_len_b, the
+code: the same validation batches (the run's data module), in the run's precision (autocast
+under bf16-mixed), the loss summed over their target tokens, and the run's `callbacks.bleu` decoding (beam size, length penalty, max_len_b, the
 first `max_sentences` sentences) scored by sacrebleu itself. torchmetrics' `SacreBLEUScore`
 (what `val/bleu` logs) does not smooth, so neither does this (`smooth_method="none"`).
 `val/paper_bleu` and `val/len_ratio` come from the test scorer, `nmtbench.scoring.paper_bleu`
@@ -24,6 +24,7 @@ import torch
 
 from nmtbench.evaluate import load_datamodule, load_module
 from nmtbench.module import label_smoothed_loss
+from nmtbench.precision import decoding_context
 from nmtbench.scoring import paper_bleu, paper_tokenize
 
 
@@ -35,7 +36,8 @@ def fresh_validation(ckpt_path: str) -> dict[str, float]:
     _, refs = datamodule.raw_text("valid")
     max_sentences = bleu_cfg.get("max_sentences")
     loss_sum, tokens, hyps = 0.0, 0, {}
-    with torch.inference_mode():
+    # The precision the run trained and validated in (its resolved trainer.precision).
+    with torch.inference_mode(), decoding_context(cfg["trainer"]["precision"], torch.device("cpu")):
         for batch in datamodule.val_dataloader():
             loss, _, ntok = label_smoothed_loss(module(batch), batch["tgt_out"], module.pad_id,
                                                 module.label_smoothing)

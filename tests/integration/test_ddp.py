@@ -267,7 +267,7 @@ def test_effective_batch_gives_the_same_tokens_per_step_on_1_and_8_gpus():
 def test_gpu_settings_degrade_on_cpu(caplog):
     with pytest.raises(ConfigError, match="trainer=ddp_sim"):
         degrade_gpu_settings(compose_config(["trainer=ddp"]))
-    cfg = compose_config(["trainer=ddp_sim", "trainer.precision=bf16-mixed"])
+    cfg = compose_config(["trainer=ddp_sim", "trainer.precision=16-mixed"])
     degrade_gpu_settings(cfg)
     assert cfg.trainer.precision == "32-true"
     assert "needs a GPU" in caplog.text

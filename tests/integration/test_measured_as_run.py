@@ -55,13 +55,21 @@ def logged_scalars(run: Path, tags: tuple[str, ...]) -> dict[int, dict[str, floa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_logged_validation_equals_a_fresh_evaluation_of_the_saved_checkpoint(tiny_cfg, tmp_path, family):
-    cfg = tiny_cfg([*FAMILIES[family], "data.toy.num_train=3000", "data.max_tokens=1000", "test=false", f"trainer.max_steps={STEPS}",
+def test_logged_validation_equals_a_fresh_evaluation_of_the_saved_checkpoint(tiny_cfg, tmp_path, family, precision,
+                                                                              monkeypatch):
+    """In fp32 and in bf16-mixed (what `trainer=cpu` picks on CPUs with native bf16; forced
+    here on any CPU): validation decodes and scores in the run's precision, as the fresh
+    evaluation does."""
+    monkeypatch.setattr("nmtbench.precision.cpu_native_bf16", lambda: (True, "forced by the test"))
+    cfg = tiny_cfg([*FAMILIES[family], "data.toy.num_train=3000", "data.max_tokens=1000", "test=false",
+                    f"trainer.precision={precision}", f"trainer.max_steps={STEPS}",
                     f"trainer.val_check_interval={VAL_EVERY}", "callbacks.bleu.max_sentences=30",
                     "callbacks.model_checkpoint.save_top_k=-1"])  # keep every validation's checkpoint
     assert cfg.trainer.accelerator == "cpu" and cfg.callbacks.nonfinite is not None
     train(cfg)
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["precision"] == precision
     run = tmp_path / "run"
     logged = logged_scalars(run, TAGS)
     ckpts = sorted((run / "checkpoints").glob("step*.ckpt"))

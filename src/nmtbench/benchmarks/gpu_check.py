@@ -79,7 +79,7 @@ def _timed(fn: Callable[[], None], device: torch.device, warmup: int, steps: int
 def peak_flops(device: torch.device) -> tuple[float | None, str]:
     if device.type == "cuda":
         return datasheet_peak_flops(torch.cuda.get_device_name(device), "bf16")
-    return measure_cpu_matmul_flops(0.5), CPU_MEASURED
+    return measure_cpu_matmul_flops(0.5), f"{CPU_MEASURED} fp32 matmul"
 
 
 def train_rate(model: torch.nn.Module, device: torch.device, batch_tokens: int, length: int, steps: int,

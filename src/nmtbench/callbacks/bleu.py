@@ -8,7 +8,8 @@ ranks (every rank logs the same value):
 - `val/paper_bleu`: the papers' tokenized, compound-split BLEU (`nmtbench.scoring`) of the
   same hypotheses; each rank tokenizes its own and the BLEU statistics are summed.
 
-Test: beam search (beam 4, length penalty 0.6 by default). Hypotheses are gathered on
+Decoding runs in the trainer's precision context (autocast under `bf16-mixed`), as the
+validation loss does. Test: beam search (beam 4, length penalty 0.6 by default). Hypotheses are gathered on
 rank zero in test order and scored with sacrebleu (score + signature), chrF and
 paper-style tokenized BLEU. Each `trainer.test()` adds one record to `test_evaluations`
 with the weights it used: `trainer.ckpt_path` at test start (none = the current weights),
@@ -157,8 +158,10 @@ class BleuCallback(MeasurementCallback):
                 return
             batch = {k: v[keep] for k, v in batch.items()}
             ids = batch["ids"]
-        hyps = pl_module.translate(batch, beam_size=beam_size, length_penalty=self.length_penalty,
-                                   max_len_b=self.max_len_b)
+        # In the trainer's precision (bf16-mixed: autocast), as the validation loss and training.
+        with trainer.precision_plugin.forward_context():
+            hyps = pl_module.translate(batch, beam_size=beam_size, length_penalty=self.length_penalty,
+                                       max_len_b=self.max_len_b)
         _, refs = trainer.datamodule.raw_text(split)
         batch_refs = [refs[i] for i in ids.tolist()]
         self._metric.update(hyps, [[r] for r in batch_refs])

@@ -248,13 +248,13 @@ class ThroughputCallback(MeasurementCallback):
         """A CPU peak measured while something else ran is too low (MFU above 100% was seen after
         a 1-second benchmark that overlapped another process): measure again after training and
         keep the larger of the two."""
-        if not (trainer.is_global_zero and self.peak and self.peak_source == CPU_MEASURED):
+        if not (trainer.is_global_zero and self.peak and str(self.peak_source).startswith(CPU_MEASURED)):
             return
-        again, _ = resolve_peak_flops(trainer.strategy.root_device, str(trainer.precision), None,
-                                      self.cpu_benchmark_seconds)
+        again, source = resolve_peak_flops(trainer.strategy.root_device, str(trainer.precision), None,
+                                           self.cpu_benchmark_seconds)
         start = self.peak
         self.peak = max(start, again or 0.0)
-        self.peak_source = f"{CPU_MEASURED}, the larger of the start and end of training"
+        self.peak_source = f"{source}, the larger of the start and end of training"
         if start < 0.8 * self.peak:
             log.warning("ThroughputCallback: the CPU peak measured at the start of training (%.3g FLOP/s) was "
                         "%.0f%% below the one at the end (%.3g): something else was running then; MFU uses the "
