@@ -5,6 +5,10 @@
 #                                                           #      mini_transformer on Multi30k, two
 #                                                           #      seeds each (20 min of training
 #                                                           #      + test per run, ~2.5 h in all)
+#   scripts/reproduce_table.sh wmt_sample [HYDRA_OVERRIDES...]  # CPU: the same three rows on the
+#                                                           #      WMT14 sample (test: newstest2014),
+#                                                           #      two seeds each, 30 min of training
+#                                                           #      + test per run, ~3.5 h in all
 #   scripts/reproduce_table.sh paper [HYDRA_OVERRIDES...]   # GPUs: luong2015_seq2seq,
 #                                                           #      luong2015_attention,
 #                                                           #      vaswani2017_base, vaswani2017_big
@@ -19,7 +23,10 @@
 #   NMTBENCH_TABLE_DIR   where the runs and the report go (default runs/table_<scale>;
 #                        relative paths are relative to the repository root)
 #   NMTBENCH_MULTI30K    Multi30k directory for the mini rows (default ../shared/data/multi30k)
-#   SEEDS                the seeds of every row (default "1234 4321" for mini, "1234" for paper)
+#   NMTBENCH_WMT14_SAMPLE  WMT14-sample directory for the wmt_sample rows
+#                        (default ../shared/data/wmt14_sample)
+#   SEEDS                the seeds of every row (default "1234 4321" for mini and wmt_sample,
+#                        "1234" for paper)
 #   SKIP_DONE=1          skip a run whose directory already has a tested results.json
 #   PARALLEL=1           start every run at once instead of one after another (each gets an
 #                        equal share of the machine: OMP_NUM_THREADS defaults to 1). Runs side by
@@ -29,15 +36,16 @@
 # A failed run does not stop the others; the script exits non-zero if any run failed.
 set -uo pipefail
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ $# -lt 1 ]]; then usage; exit 2; fi
 SCALE=$1; shift
 case "$SCALE" in
   mini)  EXPERIMENTS=(mini_seq2seq mini_attention mini_transformer); DEFAULT_SEEDS="1234 4321" ;;
+  wmt_sample) EXPERIMENTS=(wmt_sample_seq2seq wmt_sample_attention wmt_sample_transformer); DEFAULT_SEEDS="1234 4321" ;;
   paper) EXPERIMENTS=(luong2015_seq2seq luong2015_attention vaswani2017_base vaswani2017_big); DEFAULT_SEEDS="1234" ;;
   -h|--help) usage; exit 0 ;;
-  *) echo "error: SCALE must be 'mini' or 'paper', got '$SCALE'" >&2; usage >&2; exit 2 ;;
+  *) echo "error: SCALE must be 'mini', 'wmt_sample' or 'paper', got '$SCALE'" >&2; usage >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.."   # the repository root: configs and relative data paths resolve from here
