@@ -1,7 +1,7 @@
 # nmtbench entry points. `make smoke` and `make test` install everything they need first.
 PYTHON ?= python3
 
-.PHONY: setup smoke train test test-fast lint format
+.PHONY: setup smoke train test test-fast lint format lowest
 
 setup:
 	bash scripts/setup.sh
@@ -15,6 +15,9 @@ test: setup  ## install, then lint and run the whole test suite on CPU
 
 test-fast:  ## unit tests only, no install
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/unit
+
+lowest:  ## a fresh venv with every core dependency at its lower bound: unit tests + a short train()
+	bash scripts/lowest.sh
 
 lint:
 	$(PYTHON) -m ruff check .

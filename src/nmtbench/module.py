@@ -21,7 +21,7 @@ from nmtbench.checkpoints import (
     gather_rng_states,
     set_rng_states,
 )
-from nmtbench.distributed import StepSync
+from nmtbench.distributed import StepSync, all_reduce_sum
 from nmtbench.errors import CheckpointError, ConfigError, NonFiniteLossError
 from nmtbench.models import build_model
 from nmtbench.optim import build_optimizer, build_scheduler, load_optim_config
@@ -205,7 +205,11 @@ class Seq2SeqModule(L.LightningModule):
             # Never write non-finite weights (one pass per save; the per-step check is queued
             # on the device and read with the next step's agreement: callbacks/nonfinite.py).
             weights = [v for v in checkpoint.get("state_dict", {}).values() if v.is_floating_point()]
-            if weights and not bool(torch.isfinite(torch.nn.utils.get_total_norm(weights, norm_type=float("inf")))):
+            bad = torch.zeros((), dtype=torch.float64, device=self.device)
+            if weights:
+                bad = (~torch.isfinite(torch.nn.utils.get_total_norm(weights, norm_type=float("inf")))).to(bad)
+            # Every rank decides together (a sharded strategy gives each rank part of the weights).
+            if all_reduce_sum(self.trainer, bad.reshape(1)).item() > 0:
                 from nmtbench.callbacks.nonfinite import weights_message
 
                 lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")

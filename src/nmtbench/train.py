@@ -47,6 +47,21 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return objects
 
 
+def check_strategy(cfg: DictConfig) -> None:
+    """Refuse, before any work, the strategy combinations that cannot work (docs/multi_gpu.md)."""
+    strategy = cfg.trainer.get("strategy")
+    target = str(strategy.get("_target_", "")) if isinstance(strategy, DictConfig) else str(strategy or "")
+    if "FSDP" not in target and target != "fsdp":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError("trainer=fsdp needs CUDA GPUs (Lightning and torch's FSDP shard across GPUs only). On a CPU "
+                          "machine use trainer=ddp_sim; on GPUs the tested path is trainer=ddp.")
+    if cfg.model.get("name") == "lstm":
+        raise ConfigError("trainer=fsdp shards the Transformer's layers; the LSTM rows cannot use it: nn.LSTM keeps its "
+                          "own references to its weights (its flat-weight list), which FSDP's flattening replaces, and "
+                          "the input-feeding decoder reads them directly. The LSTM rows fit on any GPU: use trainer=ddp.")
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """`ckpt_path` for `Trainer.fit`: null (new run), "last" (Lightning resolves it: the newest
     `last*.ckpt` of the run's checkpoint directory; none yet = a new run, with a warning), or
@@ -331,6 +346,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data_cfg = load_data_config(cfg.data)
     degrade_gpu_settings(cfg)
     check_devices(cfg)
+    check_strategy(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     # The data cache, built or reused by every process before any process group exists: one
     # builds it under a file lock while the others wait on the lock, so no collective (with

@@ -57,6 +57,7 @@ class Probe(L.Callback):
         return output * float("nan") if self._poison and module.training else output
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._opt_step = trainer.global_step + 1  # the optimizer step this micro-batch belongs to
         rank_ok = self.nan_ranks is None or trainer.global_rank in self.nan_ranks
         self._poison = rank_ok and trainer.global_step in self.nan_steps
 
@@ -69,7 +70,8 @@ class Probe(L.Callback):
         self._poison = False
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         checksum = float(sum(p.detach().double().abs().sum() for p in pl_module.model.parameters()))
-        record = {"step": trainer.global_step, "batch_idx": batch_idx,
+        record = {"step": trainer.global_step, "opt_step": self._opt_step, "epoch": trainer.current_epoch,
+                  "batch_idx": batch_idx,
                   "loss": None if loss is None else float(loss), "weights": checksum,
                   "lr": trainer.optimizers[0].param_groups[0]["lr"], "ids": batch["ids"].tolist()}
         self._file.write(json.dumps(record) + "\n")
@@ -127,3 +129,11 @@ def read_records(out_dir, rank: int = 0) -> list[dict]:
 def losses_by_step(records: list[dict]) -> dict[int, float]:
     """global step after the batch -> loss of that batch (no gradient accumulation here)."""
     return {r["step"]: r["loss"] for r in records}
+
+
+def losses_by_optimizer_step(records: list[dict]) -> dict[int, list[float]]:
+    """optimizer step -> the losses of its micro-batches, in order (with gradient accumulation)."""
+    out: dict[int, list[float]] = {}
+    for r in records:
+        out.setdefault(r["opt_step"], []).append(r["loss"])
+    return out

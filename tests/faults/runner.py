@@ -67,11 +67,12 @@ class Run:
             time.sleep(0.05)
 
 
-def start(script: str, args: list[str], log: Path, stdin: str | None = None) -> Run:
-    """`python scripts/<script> <args>` in its own session (so its DDP children can be killed)."""
+def start(script: str, args: list[str], log: Path, stdin: str | None = None, environ: dict | None = None) -> Run:
+    """`python scripts/<script> <args>` in its own session (so its DDP children can be killed);
+    `environ`: variables added to the environment."""
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "w", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / script), *args], cwd=REPO, env=env(),
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / script), *args], cwd=REPO, env={**env(), **(environ or {})},
                             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE if stdin else None,
                             text=True, start_new_session=True)
     if stdin is not None:

@@ -299,3 +299,55 @@ def test_multi_gpu_trainer_configs_compose_and_build_their_strategies(monkeypatc
     monkeypatch.setenv("GROUP_WORLD_SIZE", "2")  # torchrun inside a SLURM job (1 task per node)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert nodes_and_devices() == (2, 4)
+
+
+def test_fsdp_refuses_at_startup_what_cannot_work(monkeypatch):
+    """trainer=fsdp: CUDA only (Lightning and torch FSDP), and never the LSTM rows; each
+    refusal names its reason and the trainer to use instead, before any work."""
+    from nmtbench.train import check_strategy
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs CUDA GPUs.*trainer=ddp_sim"):
+        check_strategy(compose_config(["trainer=fsdp"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match="LSTM rows cannot use it.*trainer=ddp"):
+        check_strategy(compose_config(["trainer=fsdp", "model=lstm_attention"]))
+    check_strategy(compose_config(["trainer=fsdp", "model=transformer_big"]))  # the row FSDP is for
+    check_strategy(compose_config(["trainer=ddp", "model=lstm_attention"]))
+
+
+def test_validation_decoding_gathers_the_sharded_weights_under_fsdp(monkeypatch):
+    """Decoding calls encode/decode outside FSDP's forward, so BleuCallback gathers every
+    parameter for it (`summon_full_params`, read-only) under FSDPStrategy, on every rank and
+    for every batch; elsewhere it gathers nothing. (FSDP itself needs GPUs: the gather is
+    checked here against a recording stand-in.)"""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from nmtbench.callbacks.bleu import full_weights
+
+    calls = []
+
+    class Recording:
+        def __enter__(self):
+            calls.append("enter")
+
+        def __exit__(self, *exc):
+            calls.append("exit")
+
+    def summon(module, writeback=True, recurse=True, **kwargs):
+        calls.append((module, writeback, recurse))
+        return Recording()
+
+    monkeypatch.setattr(FullyShardedDataParallel, "summon_full_params", staticmethod(summon))
+    fsdp = FSDPStrategy()
+    monkeypatch.setattr(FSDPStrategy, "model", property(lambda self: "the wrapped model"))
+    with full_weights(SimpleNamespace(strategy=fsdp)):
+        calls.append("decode")
+    assert calls == [("the wrapped model", False, True), "enter", "decode", "exit"]
+    calls.clear()
+    with full_weights(SimpleNamespace(strategy=DDPStrategy())):
+        calls.append("decode")
+    assert calls == ["decode"]

@@ -9,7 +9,7 @@ ranks (every rank logs the same value):
   same hypotheses; each rank tokenizes its own and the BLEU statistics are summed.
 
 Decoding runs in the trainer's precision context (autocast under `bf16-mixed`), as the
-validation loss does. Test: beam search (beam 4, length penalty 0.6 by default). Hypotheses are gathered on
+validation loss does, and under FSDP with the parameters gathered (`full_weights`). Test: beam search (beam 4, length penalty 0.6 by default). Hypotheses are gathered on
 rank zero in test order and scored with sacrebleu (score + signature), chrF and
 paper-style tokenized BLEU. Each `trainer.test()` adds one record to `test_evaluations`
 with the weights it used: `trainer.ckpt_path` at test start (none = the current weights),
@@ -19,6 +19,7 @@ and whether that file is the best or last checkpoint of ModelCheckpoint or an av
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,20 @@ def which_weights(trainer: L.Trainer) -> dict[str, Any]:
             "global_step": int(step) if step is not None else None}
 
 
+def full_weights(trainer: L.Trainer):
+    """The model's full parameters for decoding. FSDP shards them and gathers a layer only
+    inside its own forward; decoding calls `encode`/`decode` directly, so under FSDPStrategy
+    every parameter is all-gathered for the duration (`summon_full_params`, read-only), on
+    every rank together. Elsewhere the parameters are whole already."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(trainer.strategy, FSDPStrategy):
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        return FSDP.summon_full_params(trainer.strategy.model, writeback=False, recurse=True)
+    return contextlib.nullcontext()
+
+
 def summarize_tests(evaluations: list[dict[str, Any]], reason: str) -> Summary:
     """`test_evaluations` and the top-level test_* fields: those of the "averaged" evaluation
     when there is one, else of the last one run."""
@@ -151,17 +166,20 @@ class BleuCallback(MeasurementCallback):
 
     # -- shared --------------------------------------------------------------------------
     def _decode_batch(self, trainer, pl_module, batch, split: str, beam_size: int) -> None:
-        ids = batch["ids"]
-        if split == "valid" and self.max_sentences is not None:
-            keep = ids < self.max_sentences
-            if not bool(keep.any()):
-                return
-            batch = {k: v[keep] for k, v in batch.items()}
+        # Every rank enters `full_weights` for every batch (a collective under FSDP), also when
+        # none of its sentences is decoded.
+        with full_weights(trainer):
             ids = batch["ids"]
-        # In the trainer's precision (bf16-mixed: autocast), as the validation loss and training.
-        with trainer.precision_plugin.forward_context():
-            hyps = pl_module.translate(batch, beam_size=beam_size, length_penalty=self.length_penalty,
-                                       max_len_b=self.max_len_b)
+            if split == "valid" and self.max_sentences is not None:
+                keep = ids < self.max_sentences
+                if not bool(keep.any()):
+                    return
+                batch = {k: v[keep] for k, v in batch.items()}
+                ids = batch["ids"]
+            # In the trainer's precision (bf16-mixed: autocast), as the validation loss and training.
+            with trainer.precision_plugin.forward_context():
+                hyps = pl_module.translate(batch, beam_size=beam_size, length_penalty=self.length_penalty,
+                                           max_len_b=self.max_len_b)
         _, refs = trainer.datamodule.raw_text(split)
         batch_refs = [refs[i] for i in ids.tolist()]
         self._metric.update(hyps, [[r] for r in batch_refs])
