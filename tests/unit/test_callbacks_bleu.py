@@ -51,8 +51,12 @@ class FakeModule:
 
 def fake_trainer():
     datamodule = SimpleNamespace(raw_text=lambda split: (["src"] * len(REFS), REFS), tgt_lang="de")
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
     return SimpleNamespace(sanity_checking=False, datamodule=datamodule, is_global_zero=True, loggers=[],
-                           global_step=10, world_size=1, ckpt_path=None, checkpoint_callbacks=[])
+                           global_step=10, world_size=1, ckpt_path=None, checkpoint_callbacks=[],
+                           strategy=SingleDeviceStrategy("cpu"), precision_plugin=Precision())
 
 
 def batches():
