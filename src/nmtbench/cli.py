@@ -27,8 +27,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from nmtbench.config import exit_on_unknown_overrides
 from nmtbench.errors import NmtbenchError
+from nmtbench.overrides import exit_on_unknown_overrides
 from nmtbench.schema import register_configs
 
 _PACKAGE_DIR = Path(__file__).resolve().parent

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmtbench.config import exit_on_unknown_overrides
 from nmtbench.data.config import ToyConfig
 from nmtbench.data.toy import write_toy
 from nmtbench.errors import ConfigError, DataError, NmtbenchError
+from nmtbench.overrides import exit_on_unknown_overrides
 from nmtbench.train import train
 
 from ..conftest import CONFIG_DIR, TINY_TRANSFORMER, compose_config
