@@ -162,7 +162,6 @@ class BleuCallback(MeasurementCallback):
         self._metric = SacreBLEUScore(tokenize="13a")
         self._outputs: list[tuple[int, str]] = []
         self._tok_refs: dict[tuple[str, int], str] = {}  # (split, id) -> paper-tokenized reference
-        self._resume_state: dict[str, Any] | None = None
 
     # -- shared --------------------------------------------------------------------------
     def _decode_batch(self, trainer, pl_module, batch, split: str, beam_size: int) -> None:
@@ -210,13 +209,6 @@ class BleuCallback(MeasurementCallback):
         return _percent(paper_bleu_from_statistics(total[:10])), ratio, int(total[10])
 
     # -- validation ------------------------------------------------------------------------
-    def on_train_start(self, trainer, pl_module) -> None:
-        state, self._resume_state = self._resume_state, None
-        if state:
-            self.best_bleu = state.get("best_bleu")
-            self.best_bleu_step = state.get("best_bleu_step")
-            self.best_paper_bleu = state.get("best_paper_bleu")
-
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._reset(pl_module)
 
@@ -297,13 +289,14 @@ class BleuCallback(MeasurementCallback):
         test_fields, test_reasons = summarize_tests(self.evaluations, "test has not run in this process")
         return {**fields, **test_fields}, {**reasons, **test_reasons}
 
-    def state_dict(self) -> dict[str, Any]:
+    def resume_state(self) -> dict[str, Any]:
         return {"best_bleu": self.best_bleu, "best_bleu_step": self.best_bleu_step,
                 "best_paper_bleu": self.best_paper_bleu}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Applied when a resumed fit starts (on_train_start), not by trainer.test(ckpt_path=...).
-        self._resume_state = dict(state_dict)
+    def restore(self, state: dict[str, Any]) -> None:
+        self.best_bleu = state.get("best_bleu")
+        self.best_bleu_step = state.get("best_bleu_step")
+        self.best_paper_bleu = state.get("best_paper_bleu")
 
 
 __all__ = ["BleuCallback", "TEST_FIELDS", "which_weights", "summarize_tests"]

@@ -64,6 +64,28 @@ class MeasurementCallback(L.Callback):
     def summary(self) -> Summary:
         raise NotImplementedError
 
+    # -- totals that continue when fitting resumes ------------------------------------------
+    # Lightning restores callback states for a resumed fit and also for trainer.test(ckpt_path=
+    # ...), which must not roll this run's totals back to the checkpoint's. So the saved state
+    # is held until the next on_train_start, i.e. applied only when fitting resumes.
+    def resume_state(self) -> dict[str, Any]:
+        """What a checkpoint saves for a resumed fit to continue from (subclasses)."""
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's `resume_state()` (subclasses); called at fit start."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.resume_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_resume = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = self.__dict__.pop("_pending_resume", None)
+        if state:
+            self.restore(state)
+
     @classmethod
     def not_configured(cls) -> Summary:
         return unmeasured(cls.SUMMARY_DEFAULTS,

@@ -109,7 +109,6 @@ class ThroughputCallback(MeasurementCallback):
         self._tgt_window: Throughput | None = None
         self._peak_resolved = False
         self._flops_at_last_update = 0.0
-        self._resume_state: dict[str, Any] | None = None
 
     # -- setup ---------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -215,7 +214,7 @@ class ThroughputCallback(MeasurementCallback):
 
     # -- hooks ---------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._apply_resume_state()
+        super().on_train_start(trainer, pl_module)  # a resumed fit's totals first
         self.fitted = True
         self._pending = []
         self._flops_at_last_update = self.flops
@@ -286,19 +285,11 @@ class ThroughputCallback(MeasurementCallback):
         r.put("mfu", mfu_value, flops_reason if not self.has_flops else time_reason if not seconds else peak_reason)
         return r.summary()
 
-    def state_dict(self) -> dict[str, Any]:
+    def resume_state(self) -> dict[str, Any]:
         return {"tokens": self.tokens, "tgt_tokens": self.tgt_tokens, "sentences": self.sentences,
                 "batches": self.batches, "flops": self.flops}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Applied at the next on_train_start (a resumed fit), not when trainer.test() restores
-        # a checkpoint: that must not roll this run's totals back (see WallClockCallback).
-        self._resume_state = dict(state_dict)
-
-    def _apply_resume_state(self) -> None:
-        state, self._resume_state = self._resume_state, None
-        if not state:
-            return
+    def restore(self, state: dict[str, Any]) -> None:
         self.tokens = int(state.get("tokens", 0))
         self.tgt_tokens = int(state.get("tgt_tokens", 0))
         self.sentences = int(state.get("sentences", 0))

@@ -98,7 +98,6 @@ class WallClockCallback(MeasurementCallback):
         self.curve: list[dict[str, Any]] = []  # {step, hours, hours_excl_val, device_hours, bleu, paper_bleu}
         self.reached: dict[float, dict[str, Any]] = {}  # target -> first curve point reaching it
         self._gate = LogStepGate()
-        self._resume_state: dict[str, Any] | None = None
 
     # -- the clock -----------------------------------------------------------------------
     def _open(self, since: float | None) -> float:
@@ -136,7 +135,7 @@ class WallClockCallback(MeasurementCallback):
         self.is_gpu = trainer.strategy.root_device.type == "cuda"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._apply_resume_state()
+        super().on_train_start(trainer, pl_module)  # a resumed fit's clock and curve first
         self.fitted = True
         self._start = self.clock()
 
@@ -231,7 +230,7 @@ class WallClockCallback(MeasurementCallback):
         return r.summary()
 
     # -- checkpointing -------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def resume_state(self) -> dict[str, Any]:
         return {
             "train_seconds": self.train_seconds(),
             "device_seconds": self.device_seconds(),
@@ -240,16 +239,7 @@ class WallClockCallback(MeasurementCallback):
             "reached": {str(t): dict(r) for t, r in self.reached.items()},
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Applied at the next on_train_start, i.e. only when fitting resumes: Lightning also
-        # restores callback states for trainer.test(ckpt_path=...), which must not roll this
-        # run's clock and curve back to the checkpoint's.
-        self._resume_state = dict(state_dict)
-
-    def _apply_resume_state(self) -> None:
-        state, self._resume_state = self._resume_state, None
-        if not state:
-            return
+    def restore(self, state: dict[str, Any]) -> None:
         self._train_before = float(state.get("train_seconds", 0.0))
         self._device_before = float(state.get("device_seconds", 0.0))
         self._val_total = float(state.get("val_seconds", 0.0))
