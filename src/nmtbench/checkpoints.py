@@ -8,6 +8,8 @@
   (`Seq2SeqModule.on_save_checkpoint`), so translating needs only the checkpoint.
 - `RNG_KEY`: and every rank's random state (Lightning saves none), so a resumed run draws
   the same dropout masks as an uninterrupted one.
+- `check_same_model`, `tokenizer_must_match`: a checkpoint of another model or tokenizer is
+  refused with one line naming both (resume, evaluate, averaging).
 - `average_checkpoints(paths)` (Vaswani et al. 2017, section 6.1: "averaging the last 5
   checkpoints") averages the `state_dict` of Lightning checkpoints element-wise and returns one
   checkpoint dict that loads like any other (`scripts/evaluate.py ckpt_path=...`), tokenizer
@@ -147,6 +149,52 @@ def checkpoint_tokenizer(ckpt: dict[str, Any]):
             f"({tokenizer.sha256[:12]} vs {saved['sha256'][:12]}): the checkpoint is corrupt."
         )
     return tokenizer
+
+
+RESUME_FIX = ("Resume with the data settings the checkpoint was trained with (same data.* and cache), "
+              "or start a new run (ckpt_path=null).")
+
+
+def tokenizer_must_match(saved, data, fix: str = RESUME_FIX) -> None:
+    """The data's tokenizer must be the checkpoint's (same SentencePiece model); `fix` says what to do."""
+    if saved.sha256 != data.sha256:
+        raise CheckpointError(
+            f"Tokenizer mismatch: the checkpoint was trained with {saved.describe()}, but this run's "
+            f"data gives {data.describe()}. {fix}"
+        )
+
+
+def describe_model(cfg: dict[str, Any], checkpoint: dict[str, Any]) -> str:
+    """e.g. "transformer (d_model 128, 2+2 layers, vocab 1000)" for error messages."""
+    model = cfg.get("model") or {}
+    vocab = (checkpoint.get("hyper_parameters") or {}).get("vocab_size")
+    keys = ("d_model", "hidden_size", "attention", "num_layers", "num_encoder_layers", "num_decoder_layers")
+    details = [f"{k} {model[k]}" for k in keys if model.get(k) is not None]
+    details.append(f"vocab {vocab}")
+    return f"{model.get('name', '?')} ({', '.join(details)})"
+
+
+def check_same_model(own_state: dict[str, Any], checkpoint: dict[str, Any], own_hparams: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another model (parameter names or shapes differ) with one line
+    naming both models, e.g. "transformer (d_model 32, ...) vs this run's transformer (d_model 48, ...)"."""
+    theirs = checkpoint.get("state_dict", {})
+    missing = [k for k in own_state if k not in theirs]
+    unexpected = [k for k in theirs if k not in own_state]
+    shapes = [k for k in own_state if k in theirs and tuple(own_state[k].shape) != tuple(theirs[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    if shapes:
+        k = shapes[0]
+        first = f"'{k}' is {tuple(theirs[k].shape)} there, {tuple(own_state[k].shape)} here"
+    else:
+        first = f"parameter '{(missing or unexpected)[0]}' is {'missing' if missing else 'unexpected'}"
+    theirs_cfg = (checkpoint.get("hyper_parameters") or {}).get("cfg") or {}
+    raise CheckpointError(
+        f"The checkpoint holds another model: {describe_model(theirs_cfg, checkpoint)} vs this "
+        f"run's {describe_model(own_hparams['cfg'], {'hyper_parameters': own_hparams})} "
+        f"({first}). Resume with the run's own model and data settings, or start a new run "
+        "(ckpt_path=null)."
+    )
 
 
 def find_checkpoints(run_or_dir: str | Path) -> list[Path]:

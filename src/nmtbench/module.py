@@ -1,8 +1,9 @@
 """Seq2SeqModule: the one LightningModule every model trains with.
 
-It owns what is shared by all architectures: the label-smoothed cross-entropy, the
-optimiser and LR schedule, validation loss/perplexity, and `translate` (greedy or beam
-search through `nmtbench.decoding`). BLEU is computed by `nmtbench.callbacks.bleu`.
+It owns what is shared by all architectures: the training step with the label-smoothed
+cross-entropy (`nmtbench.loss`), the optimiser and LR schedule (`nmtbench.optim`),
+validation loss/perplexity, and `translate` (greedy or beam search through
+`nmtbench.decoding`). BLEU is computed by `nmtbench.callbacks.bleu`.
 """
 
 from __future__ import annotations
@@ -17,128 +18,18 @@ from torchmetrics import SumMetric
 from nmtbench.checkpoints import (
     RNG_KEY,
     TOKENIZER_KEY,
+    check_same_model,
     checkpoint_tokenizer,
     gather_rng_states,
     set_rng_states,
+    tokenizer_must_match,
 )
 from nmtbench.distributed import StepSync, all_reduce_sum
-from nmtbench.errors import CheckpointError, ConfigError, NonFiniteLossError
+from nmtbench.errors import NonFiniteLossError
+from nmtbench.loss import label_smoothed_loss
 from nmtbench.models import build_model
-from nmtbench.optim import build_optimizer, build_scheduler, load_optim_config
-
-# model.loss_normalization: what the summed loss of an optimizer step is divided by.
-LOSS_NORMALIZATIONS = ("tokens", "sentences")
-
-
-class _SmoothedCrossEntropy(torch.autograd.Function):
-    """Summed label-smoothed cross entropy and NLL of rows of logits, in cache-sized row chunks.
-
-    Forward reads the logits chunk by chunk through one reused scratch buffer and keeps only
-    the per-row log-sum-exp. Backward overwrites the saved logits with their gradient
-    w * (softmax(x) * (g_loss + g_nll) - onehot * ((1 - eps) g_loss + g_nll) - eps g_loss / V),
-    chunk by chunk: the logits are consumed (read them before calling backward) and no
-    (N, V) tensor is allocated. Autograd through log_softmax + gather + mean allocates four
-    (N, V) tensors (log-probabilities, two gradients, their sum; plus a float copy of
-    bf16/fp16 logits); a fresh tensor of that size costs page faults on every step
-    (docs/performance.md).
-    """
-
-    @staticmethod
-    def forward(ctx, logits, target, weight, epsilon: float):
-        # logits (N, V) any float dtype; target (N,) long; weight (N,) float (1 token, 0 pad)
-        rows = _rows_per_chunk(logits)
-        lse, x_t, x_mean = [], [], []
-        scratch = None
-        for x, t in zip(logits.split(rows), target.split(rows)):
-            if scratch is None:
-                scratch = torch.empty(x.shape, dtype=_upcast(x[:0]).dtype, device=x.device)
-            x = _upcast(x)  # fp32 view for fp32/fp64; one chunk's fp32 copy for bf16/fp16
-            buf = scratch[: x.size(0)]
-            m = x.amax(dim=-1)  # (n,)
-            torch.sub(x, m[:, None], out=buf).exp_()
-            lse.append(buf.sum(dim=-1).log_().add_(m))
-            x_t.append(x.gather(1, t[:, None]).squeeze(1))
-            x_mean.append(x.mean(dim=-1))
-        lse, x_t, x_mean = torch.cat(lse), torch.cat(x_t), torch.cat(x_mean)  # (N,) each
-        nll = ((lse - x_t) * weight).sum()
-        smooth = ((lse - x_mean) * weight).sum()
-        ctx.save_for_backward(logits, target, weight, lse)
-        ctx.epsilon = epsilon
-        return (1.0 - epsilon) * nll + epsilon * smooth, nll
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_loss, g_nll):
-        logits, target, weight, lse = ctx.saved_tensors
-        eps, V = ctx.epsilon, logits.size(-1)
-        scale = weight * (g_loss + g_nll)  # (N,) on softmax
-        hit = weight * ((1.0 - eps) * g_loss + g_nll)  # (N,) on the target's one-hot
-        uniform = weight * (eps / V * g_loss)  # (N,) on every entry
-        rows = _rows_per_chunk(logits)
-        for start in range(0, logits.size(0), rows):
-            sl = slice(start, start + rows)
-            x = logits[sl]
-            g = _upcast(x)  # in place for fp32/fp64; bf16/fp16 through an fp32 chunk
-            g.sub_(lse[sl, None]).exp_().mul_(scale[sl, None]).sub_(uniform[sl, None])
-            g.scatter_add_(1, target[sl, None], -hit[sl, None])
-            if g is not x:
-                x.copy_(g)
-        return logits, None, None, None
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _rows_per_chunk(logits: torch.Tensor) -> int:
-    # CPU: ~1 MB of fp32 per chunk (stays in cache); GPU: ~256 MB (a chunk is a few launches)
-    budget = 1 << 18 if logits.device.type == "cpu" else 1 << 26
-    return max(1, budget // max(1, logits.size(-1)))
-
-
-def smoothed_cross_entropy_rows(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, epsilon: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The sums `_SmoothedCrossEntropy` computes, written as plain fp32 log-softmax ops.
-
-    logits (N, V), target (N,), weight (N,) (1 token, 0 pad). Eager, this materialises fp32
-    (N, V) tensors; it exists for `torch.compile`, which fuses it into a few passes over the
-    logits (`compiled_loss_rows`, used with compile=true on CUDA).
-    """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    nll = -(logp.gather(1, target[:, None]).squeeze(1) * weight).sum()
-    smooth = -(logp.mean(dim=-1) * weight).sum()
-    return (1.0 - epsilon) * nll + epsilon * smooth, nll
-
-
-def compiled_loss_rows(**compile_kwargs: Any):
-    """`smoothed_cross_entropy_rows` through torch.compile (dynamic: the token count changes
-    every batch). On an H200 the eager chunked loss took a third of a Transformer-base step
-    (docs/results.md, GPU check); the compiled one reads the logits a few times instead of a
-    dozen."""
-    return torch.compile(smoothed_cross_entropy_rows, dynamic=True, **compile_kwargs)
-
-
-def label_smoothed_loss(
-    logits: torch.Tensor, target: torch.Tensor, pad_id: int, epsilon: float, rows_fn=None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed label-smoothed cross entropy, summed NLL and the number of target tokens.
-
-    logits (B, T, V), target (B, T). Padding positions are ignored. The smoothed target is
-    (1 - eps) * one_hot + eps / V (uniform over the vocabulary), as in
-    `torch.nn.functional.cross_entropy(label_smoothing=eps)` and Szegedy et al. 2016.
-    Both sums are differentiable; the loss is computed in fp32 whatever the logits' dtype.
-    Backward writes the gradient into the logits' memory (see `_SmoothedCrossEntropy`): read
-    or copy the logits before calling backward if you need them afterwards.
-    `rows_fn`: another implementation of the same sums over (N, V) rows, e.g.
-    `compiled_loss_rows()` (then the logits are left as they are).
-    """
-    mask = target.ne(pad_id)  # (B, T)
-    V = logits.size(-1)
-    weight = mask.reshape(-1).to(_upcast(logits[:0]).dtype)
-    fn = rows_fn if rows_fn is not None else _SmoothedCrossEntropy.apply
-    loss, nll = fn(logits.reshape(-1, V), target.reshape(-1), weight, float(epsilon))
-    return loss, nll, mask.sum()
+from nmtbench.optim import build_optimizer, build_scheduler
+from nmtbench.schema import model_settings
 
 
 class Seq2SeqModule(L.LightningModule):
@@ -152,16 +43,11 @@ class Seq2SeqModule(L.LightningModule):
     def __init__(self, cfg: dict[str, Any], vocab_size: int, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3):
         super().__init__()
         self.save_hyperparameters()
-        model_cfg = cfg["model"]
-        self.model = build_model(model_cfg, vocab_size=vocab_size, pad_id=pad_id)
-        self.optim_cfg = load_optim_config(model_cfg.get("optim"))
-        self.label_smoothing = float(model_cfg.get("label_smoothing", 0.0))
-        self.loss_normalization = str(model_cfg.get("loss_normalization", "tokens"))
-        if self.loss_normalization not in LOSS_NORMALIZATIONS:
-            raise ConfigError(
-                f"model.loss_normalization must be one of {', '.join(LOSS_NORMALIZATIONS)}, "
-                f"got '{self.loss_normalization}'."
-            )
+        arch, training = model_settings(cfg["model"])
+        self.model = build_model(cfg["model"]["name"], arch, vocab_size=vocab_size, pad_id=pad_id)
+        self.optim_cfg = training.optim
+        self.label_smoothing = training.label_smoothing
+        self.loss_normalization = training.loss_normalization
         # Tokens or sentences of the micro-batches of the current optimizer step (this rank).
         self._step_count: torch.Tensor | int = 0
         # The step's one agreement between ranks (nmtbench.distributed.StepSync): the count
@@ -238,23 +124,7 @@ class Seq2SeqModule(L.LightningModule):
             self.attach_tokenizer(tokenizer)
         elif tokenizer is not None:
             tokenizer_must_match(tokenizer, self.tokenizer)
-        own, theirs = self.state_dict(), checkpoint.get("state_dict", {})
-        missing = [k for k in own if k not in theirs]
-        unexpected = [k for k in theirs if k not in own]
-        shapes = [k for k in own if k in theirs and tuple(own[k].shape) != tuple(theirs[k].shape)]
-        if missing or unexpected or shapes:
-            if shapes:
-                k = shapes[0]
-                first = f"'{k}' is {tuple(theirs[k].shape)} there, {tuple(own[k].shape)} here"
-            else:
-                first = f"parameter '{(missing or unexpected)[0]}' is {'missing' if missing else 'unexpected'}"
-            theirs_cfg = (checkpoint.get("hyper_parameters") or {}).get("cfg") or {}
-            raise CheckpointError(
-                f"The checkpoint holds another model: {describe_model(theirs_cfg, checkpoint)} vs this "
-                f"run's {describe_model(self.hparams['cfg'], {'hyper_parameters': self.hparams})} "
-                f"({first}). Resume with the run's own model and data settings, or start a new run "
-                "(ckpt_path=null)."
-            )
+        check_same_model(self.state_dict(), checkpoint, self.hparams)
 
     @property
     def num_parameters(self) -> int:
@@ -385,27 +255,4 @@ class Seq2SeqModule(L.LightningModule):
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
 
-RESUME_FIX = ("Resume with the data settings the checkpoint was trained with (same data.* and cache), "
-              "or start a new run (ckpt_path=null).")
-
-
-def tokenizer_must_match(saved, data, fix: str = RESUME_FIX) -> None:
-    """The data's tokenizer must be the checkpoint's (same SentencePiece model); `fix` says what to do."""
-    if saved.sha256 != data.sha256:
-        raise CheckpointError(
-            f"Tokenizer mismatch: the checkpoint was trained with {saved.describe()}, but this run's "
-            f"data gives {data.describe()}. {fix}"
-        )
-
-
-def describe_model(cfg: dict[str, Any], checkpoint: dict[str, Any]) -> str:
-    """e.g. "transformer (d_model 128, 2+2 layers, vocab 1000)" for error messages."""
-    model = cfg.get("model") or {}
-    vocab = (checkpoint.get("hyper_parameters") or {}).get("vocab_size")
-    keys = ("d_model", "hidden_size", "attention", "num_layers", "num_encoder_layers", "num_decoder_layers")
-    details = [f"{k} {model[k]}" for k in keys if model.get(k) is not None]
-    details.append(f"vocab {vocab}")
-    return f"{model.get('name', '?')} ({', '.join(details)})"
-
-
-__all__ = ["Seq2SeqModule", "compiled_loss_rows", "label_smoothed_loss", "smoothed_cross_entropy_rows"]
+__all__ = ["Seq2SeqModule"]

@@ -16,13 +16,11 @@ Schedules return a multiplier on `optim.lr`, evaluated at the optimizer step cou
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
-from nmtbench.config import from_mapping, to_container
 from nmtbench.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,7 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class OptimConfig:
     # Defaults: the Transformer's optimiser, Vaswani et al. 2017, section 5.3 (the LSTM rows'
-    # SGD recipe is nmtbench.schema.luong2015_sgd). Gradient clipping is a trainer flag:
+    # SGD recipe is registered with nmtbench.models.lstm). Gradient clipping is a trainer flag:
     # `trainer.gradient_clip_val`.
     name: str = "adam"  # adam | sgd; "We used the Adam optimizer"
     lr: float = 1.0  # inverse_sqrt: scale on eq. 3 (1.0 = the paper); else the peak lr
@@ -54,17 +52,6 @@ class OptimConfig:
             raise ConfigError(f"model.optim.lr must be > 0 (the peak lr, or the inverse_sqrt scale), got {self.lr}.")
         if self.schedule == "inverse_sqrt" and self.warmup_steps <= 0:
             raise ConfigError("model.optim.warmup_steps must be > 0 for the inverse_sqrt schedule.")
-
-
-def load_optim_config(mapping: Mapping[str, Any] | None) -> OptimConfig:
-    """`model.optim` -> OptimConfig (unknown keys are errors). The config saved in a checkpoint
-    written before gradient clipping became `trainer.gradient_clip_val` still holds
-    `grad_clip`: it is dropped with a warning, so such checkpoints load for evaluation."""
-    data = dict(to_container(mapping) or {})
-    if "grad_clip" in data:
-        log.warning("model.optim.grad_clip=%s (a config from an older nmtbench) is ignored: gradient "
-                    "clipping is trainer.gradient_clip_val now.", data.pop("grad_clip"))
-    return from_mapping(OptimConfig, data, "model.optim")
 
 
 def lr_at(cfg: OptimConfig, step: int, epoch: int = 0, model_dim: int = 512) -> float:
@@ -114,4 +101,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, model_di
     )
 
 
-__all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "load_optim_config", "lr_at"]
+__all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "lr_at"]

@@ -23,9 +23,9 @@ from nmtbench.config import to_container
 from nmtbench.data.batching import BatchPlan
 from nmtbench.distributed import all_reduce_sum, on_rank_zero
 from nmtbench.errors import CheckpointError, ConfigError, NmtbenchError, Preempted
-from nmtbench.models import model_config
 from nmtbench.precision import resolve_precision
 from nmtbench.preemption import SIGNALS
+from nmtbench.schema import model_settings
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def compile_in_place(module) -> None:
                           "inductor backend: install one (e.g. apt-get install g++) or set compile=false.")
     module.model.compile(dynamic=True)
     if torch.cuda.is_available():
-        from nmtbench.module import compiled_loss_rows
+        from nmtbench.loss import compiled_loss_rows
 
         module.loss_rows = compiled_loss_rows()
 
@@ -342,7 +342,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from nmtbench.data.prepare import prepare
     from nmtbench.module import Seq2SeqModule
 
-    model_config(cfg.model)  # validate the architecture and data keys before any heavy work
+    model_settings(cfg.model)  # validate the model and data keys before any heavy work
     data_cfg = load_data_config(cfg.data)
     degrade_gpu_settings(cfg)
     check_devices(cfg)

@@ -23,7 +23,7 @@ import sacrebleu
 import torch
 
 from nmtbench.evaluate import load_datamodule, load_module
-from nmtbench.module import label_smoothed_loss
+from nmtbench.loss import label_smoothed_loss
 from nmtbench.precision import decoding_context
 from nmtbench.scoring import paper_bleu, paper_tokenize
 

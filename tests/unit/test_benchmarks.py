@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nmtbench.benchmarks import peers, train_throughput
+from nmtbench.loss import label_smoothed_loss
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
-from nmtbench.module import label_smoothed_loss
 
 V = 60
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from nmtbench.config import from_mapping
 from nmtbench.data.config import DataConfig
 from nmtbench.errors import ConfigError
-from nmtbench.models import model_config
+from nmtbench.schema import model_settings
 from nmtbench.optim import OptimConfig
 
 from ..conftest import CONFIG_DIR, compose_config
@@ -22,7 +22,7 @@ TRAINERS = sorted(p.stem for p in (CONFIG_DIR / "trainer").glob("*.yaml"))
 
 def _check(cfg) -> None:
     """Validate every typed section the way train() does."""
-    model_config(cfg.model)
+    model_settings(cfg.model)
     from_mapping(OptimConfig, OmegaConf.to_container(cfg.model.optim), "model.optim")
     from_mapping(DataConfig, OmegaConf.to_container(cfg.data, resolve=False), "data")
 
@@ -62,7 +62,7 @@ def test_smoke_shrinks_any_model_without_pinning_it(model):
     full = compose_config([f"model={model}"])
     smoke = compose_config(["experiment=smoke", f"model={model}"])
     assert smoke.model.name == full.model.name
-    assert type(model_config(smoke.model)) is type(model_config(full.model))
+    assert type(model_settings(smoke.model)[0]) is type(model_settings(full.model)[0])
     assert smoke.data.source == "toy"
     widths = [k for k in ("d_model", "hidden_size") if k in full.model]
     assert widths and all(smoke.model[k] < full.model[k] for k in widths)
@@ -96,7 +96,7 @@ def test_typo_in_model_key_on_command_line_names_the_key():
 def test_added_unknown_model_key_is_rejected_by_name():
     cfg = compose_config(["+model.d_modle=64"])
     with pytest.raises(ConfigError, match=r"model\.d_modle.*Did you mean 'd_model'"):
-        model_config(cfg.model)
+        model_settings(cfg.model)
 
 
 def test_unknown_optim_key_is_rejected_by_name():
@@ -112,10 +112,10 @@ def test_unknown_data_key_is_rejected_by_name():
 
 
 def _schema_defaults() -> dict[str, dict]:
-    from nmtbench.schema import LSTMModelConfig, TransformerModelConfig, structured
+    from nmtbench.schema import model_schema, structured
 
-    return {"_transformer": OmegaConf.to_container(structured(TransformerModelConfig)),
-            "_lstm": OmegaConf.to_container(structured(LSTMModelConfig)),
+    return {"_transformer": OmegaConf.to_container(structured(model_schema("transformer"))),
+            "_lstm": OmegaConf.to_container(structured(model_schema("lstm"))),
             "_schema": OmegaConf.to_container(structured(DataConfig))}
 
 
@@ -146,7 +146,7 @@ def test_cfg_job_shows_every_model_value(model):
     """The composed `model:` holds every schema field (what `--cfg job` prints)."""
     from dataclasses import fields
 
-    from nmtbench.models import TRAINING_KEYS
+    from nmtbench.schema import TRAINING_KEYS
     from nmtbench.models.lstm import LSTMConfig
     from nmtbench.models.transformer import TransformerConfig
 

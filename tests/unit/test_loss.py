@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmtbench.module import label_smoothed_loss
+from nmtbench.loss import label_smoothed_loss
 
 
 def test_label_smoothed_loss_matches_hand_computation():
@@ -89,7 +89,7 @@ def test_the_compiled_loss_equals_the_chunked_loss(device, dtype, compiled):
     """compile=true on CUDA trains with `compiled_loss_rows` (inductor); it gives the chunked
     loss's values and gradients, for fp32 and bf16 logits and for two batch shapes (dynamic).
     On CPU the graph is checked through aot_eager (inductor's C++ build is slow there)."""
-    from nmtbench.module import compiled_loss_rows, smoothed_cross_entropy_rows
+    from nmtbench.loss import compiled_loss_rows, smoothed_cross_entropy_rows
 
     if compiled:
         rows_fn = compiled_loss_rows(backend="inductor" if device == "cuda" else "aot_eager")

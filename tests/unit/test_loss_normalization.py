@@ -13,7 +13,8 @@ import torch
 
 from nmtbench.config import to_container
 from nmtbench.data.batching import Collator
-from nmtbench.module import Seq2SeqModule, label_smoothed_loss
+from nmtbench.loss import label_smoothed_loss
+from nmtbench.module import Seq2SeqModule
 from tests.conftest import TINY_TRANSFORMER, compose_config
 
 VOCAB = 40

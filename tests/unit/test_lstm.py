@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nmtbench.config import from_mapping
 from nmtbench.errors import ConfigError
-from nmtbench.models import build_model, model_config
+from nmtbench.schema import build_model_from_config, model_settings
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq, reverse_source
 from nmtbench.optim import OptimConfig
 
@@ -207,7 +207,7 @@ def test_flops_match_the_flop_counter(attention, score, feeding):
 def _paper_model(name: str) -> LSTMSeq2Seq:
     cfg = compose_config([f"model={name}"]).model
     with torch.device("meta"):  # 200M+ parameters without allocating them
-        return build_model(cfg, vocab_size=50_000, pad_id=PAD)
+        return build_model_from_config(cfg, vocab_size=50_000, pad_id=PAD)
 
 
 def _count(module) -> int:
@@ -246,24 +246,24 @@ def test_paper_configs_and_presets_are_valid():
         optim = from_mapping(OptimConfig, cfg.optim, "model.optim")
         assert (optim.name, optim.lr, optim.schedule) == ("sgd", 1.0, "halving")
         assert (optim.decay_start_epoch, optim.decay_factor) == (9, 0.5)
-        arch = model_config(cfg)
+        arch, _ = model_settings(cfg)
         assert (arch.num_layers, arch.hidden_size, arch.embed_dim) == (4, 1000, 1000)
         assert arch.dropout == 0.2
         assert arch.attention == attention and arch.reverse_source and arch.init_range == 0.1
         for size in ("smoke", "mini"):
             preset = compose_config([f"model={name}", f"size={size}"])
-            assert model_config(preset.model).attention == attention
+            assert model_settings(preset.model)[0].attention == attention
             assert from_mapping(OptimConfig, preset.model.optim, "model.optim").name == "adam"
             assert preset.trainer.gradient_clip_val == 5.0
 
 
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="model.hiden_size"):
-        model_config({"name": "lstm", "hiden_size": 8})
+        model_settings({"name": "lstm", "hiden_size": 8})
     with pytest.raises(ConfigError, match="attention"):
-        model_config({"name": "lstm", "attention": "local"})
+        model_settings({"name": "lstm", "attention": "local"})
     with pytest.raises(ConfigError, match="share_embeddings"):
-        model_config({"name": "lstm", "share_embeddings": True, "embed_dim": 8, "hidden_size": 16})
+        model_settings({"name": "lstm", "share_embeddings": True, "embed_dim": 8, "hidden_size": 16})
 
 
 def test_shared_embeddings_tie_source_target_and_output():

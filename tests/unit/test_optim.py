@@ -89,13 +89,15 @@ def test_lr_must_be_positive():
 
 
 def test_an_older_checkpoints_grad_clip_is_dropped_other_unknown_keys_fail(caplog):
-    from nmtbench.optim import load_optim_config
+    from nmtbench.schema import model_settings
 
+    old = {"name": "lstm", "optim": {"name": "sgd", "lr": 1.0, "schedule": "halving", "grad_clip": 5.0}}
     with caplog.at_level("WARNING"):
-        cfg = load_optim_config({"name": "sgd", "lr": 1.0, "schedule": "halving", "grad_clip": 5.0})
-    assert (cfg.name, cfg.schedule) == ("sgd", "halving") and "trainer.gradient_clip_val" in caplog.text
+        _, training = model_settings(old)
+    assert (training.optim.name, training.optim.schedule) == ("sgd", "halving")
+    assert "trainer.gradient_clip_val" in caplog.text
     with pytest.raises(ConfigError, match=r"model\.optim\.warmup"):
-        load_optim_config({"warmup": 10})
+        model_settings({"name": "transformer", "optim": {"warmup": 10}})
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])

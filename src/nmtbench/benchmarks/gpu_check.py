@@ -37,9 +37,9 @@ import torch
 
 from nmtbench.benchmarks import REPO_ROOT, shared_data
 from nmtbench.flops import CPU_MEASURED, datasheet_peak_flops, measure_cpu_matmul_flops
+from nmtbench.loss import compiled_loss_rows, label_smoothed_loss
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
-from nmtbench.module import compiled_loss_rows, label_smoothed_loss
 from nmtbench.optim import OptimConfig, build_optimizer
 
 NVML_FIELDS = ("gpu_util_mean", "gpu_mem_gb_max", "gpu_mem_gb_mean", "gpu_power_w_mean")

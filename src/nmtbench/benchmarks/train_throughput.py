@@ -51,9 +51,9 @@ import torch
 
 from nmtbench.benchmarks import REPO_ROOT, peers, shared_data
 from nmtbench.flops import measure_cpu_matmul_flops
+from nmtbench.loss import label_smoothed_loss
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
-from nmtbench.module import label_smoothed_loss
 from nmtbench.optim import OptimConfig, build_optimizer
 
 DEFAULT_DATA = shared_data("wmt14_sample")

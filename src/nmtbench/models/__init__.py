@@ -1,71 +1,75 @@
-"""Model registry: `model.name` in the config -> (typed config dataclass, nn.Module class).
+"""Model registry: `model.name` in the config -> (typed architecture dataclass, nn.Module class,
+training defaults).
 
-Every model implements one interface (docs/interfaces.md), so the LightningModule, decoding and
-callbacks work unchanged for all of them:
+A model is one file in this package that registers its class:
 
-    forward(src, src_lens, tgt_in) -> logits (B, T, V)
-    encode(src, src_lens) -> memory: dict[str, Tensor], every value batch-first
-    decode(prev_tokens, memory, cache=None) -> (logits, cache)
-        cache None: teacher-forced pass over prev_tokens (B, T) -> logits (B, T, V), None
-        cache dict (start with {}): incremental; only prev_tokens[:, -1] is new -> (B, 1, V)
-    reorder_cache(cache, index) -> cache   (select rows along the batch dim, for beam search)
-    model_dim: int                          (width used by the inverse-sqrt LR schedule)
-    flops_per_batch(src_lens, tgt_lens) -> float   (analytic training FLOPs, fwd + bwd)
+    @register_model("transformer", TransformerConfig, training={"label_smoothing": 0.1, ...})
+    class TransformerSeq2Seq(nn.Module): ...
+
+plus one YAML, `configs/model/<choice>.yaml`, naming the schema `_<name>` and the values that
+differ from its defaults (docs/interfaces.md, "Adding a model"). Every module of this package
+is imported on the first lookup, so a new file needs no other edit. The class implements
+`nmtbench.models.interface.Seq2SeqModel` (encode, decode, reorder_cache, ...), which the
+LightningModule, decoding and callbacks rely on. `training` holds the defaults of the keys of
+`model:` that configure training rather than the architecture (`label_smoothing`,
+`loss_normalization`, `optim`: read by `nmtbench.schema.TrainingConfig`), each cited.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from nmtbench.config import from_mapping, to_container
 from nmtbench.errors import ConfigError
-from nmtbench.optim import OptimConfig
 
 
-@dataclass
-class TrainingConfig:
-    """Keys of `cfg.model` that configure training rather than the architecture (read by
-    Seq2SeqModule; each model's schema in nmtbench.schema sets their defaults)."""
-
-    name: str  # the registry key below: transformer | lstm
-    label_smoothing: float = 0.0  # epsilon of the label-smoothed cross entropy
-    # What an optimizer step's summed loss is divided by: its target tokens (Vaswani et al.
-    # 2017; fairseq) or its sentences (Luong et al. 2015, Sutskever et al. 2014: "divided by
-    # 128"), counted over all micro-batches and ranks of the step (Seq2SeqModule).
-    loss_normalization: str = "tokens"
-    optim: OptimConfig = field(default_factory=OptimConfig)  # optimiser + LR schedule
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    config_class: type  # the architecture dataclass (its defaults: the paper's, cited)
+    model_class: type[nn.Module]  # built as model_class(config, vocab_size=..., pad_id=...)
+    training: Mapping[str, Any] = field(default_factory=dict)  # defaults of the training keys
 
 
-TRAINING_KEYS = tuple(f.name for f in fields(TrainingConfig))
+_MODELS: dict[str, RegisteredModel] = {}
+_discovered = False
 
 
-def _registry() -> dict[str, tuple[type, type[nn.Module]]]:
-    from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq
-    from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
+def register_model(name: str, config_class: type, training: Mapping[str, Any] | None = None) -> Callable:
+    """Class decorator: register an nn.Module under `model.name = name`."""
 
-    return {
-        "transformer": (TransformerConfig, TransformerSeq2Seq),
-        "lstm": (LSTMConfig, LSTMSeq2Seq),
-    }
+    def register(model_class: type[nn.Module]) -> type[nn.Module]:
+        _MODELS[name] = RegisteredModel(name, config_class, model_class, dict(training or {}))
+        return model_class
+
+    return register
 
 
-def model_config(cfg: Mapping[str, Any]) -> Any:
-    """Validate the architecture keys of `cfg.model` into its typed dataclass."""
-    cfg = to_container(cfg)
-    name = cfg.get("name")
-    models = _registry()
+def registered_models() -> dict[str, RegisteredModel]:
+    """Every registered model (the modules of this package imported first)."""
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+    return dict(_MODELS)
+
+
+def registered(name: Any) -> RegisteredModel:
+    models = registered_models()
     if name not in models:
         raise ConfigError(f"Unknown model.name '{name}'. Available: {', '.join(sorted(models))}.")
-    config_cls, _ = models[name]
-    return from_mapping(config_cls, cfg, "model", ignore=TRAINING_KEYS)
+    return models[name]
 
 
-def build_model(cfg: Mapping[str, Any], vocab_size: int, pad_id: int) -> nn.Module:
-    """Build the model named by `cfg.name` from the architecture keys of `cfg`."""
-    arch = model_config(cfg)
-    _, model_cls = _registry()[to_container(cfg)["name"]]
-    return model_cls(arch, vocab_size=vocab_size, pad_id=pad_id)
+def build_model(name: str, config: Any, vocab_size: int, pad_id: int) -> nn.Module:
+    """The model registered as `name`, built from its typed architecture `config`."""
+    return registered(name).model_class(config, vocab_size=vocab_size, pad_id=pad_id)
+
+
+__all__ = ["RegisteredModel", "build_model", "register_model", "registered", "registered_models"]

@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from nmtbench.models import register_model
 from nmtbench.models.attention import SCORES, GlobalAttention, padding_bias
 from nmtbench.models.recurrence import Tape, lstm_step, step_attention, step_linear
 
@@ -116,7 +117,30 @@ def reverse_source(src: Tensor, src_lens: Tensor) -> Tensor:
     return src.gather(1, reversal_index(src_lens, src.size(1)))
 
 
+@register_model("lstm", LSTMConfig, training={
+    "label_smoothing": 0.0,  # plain cross entropy (Sutskever et al. 2014, Luong et al. 2015)
+    # summed loss / sentences of the step: "the gradient divided by 128" (Luong 4.1; Sutskever 3.4)
+    "loss_normalization": "sentences",
+    "optim": {  # Luong et al. 2015, section 4.1 (Sutskever et al. 2014, 3.4)
+        "name": "sgd",  # "we train ... using plain SGD"; adam selectable
+        "lr": 1.0,  # "we start with a learning rate of 1"
+        "betas": [0.9, 0.999],  # Adam only (not in the papers): Kingma & Ba 2015 defaults
+        "eps": 1e-8,  # Adam only (not in the papers): Kingma & Ba 2015 default
+        "weight_decay": 0.0,  # none in the papers
+        "schedule": "halving",  # "we begin to halve the learning rate every epoch"
+        "warmup_steps": 0,  # no warmup in the papers
+        # with dropout: 12 epochs, "start halving the learning rate after 8 epochs";
+        # without dropout: 10 epochs, halving after 5 (decay_start_epoch 6)
+        "decay_start_epoch": 9,
+        "decay_factor": 0.5,  # halve
+    },
+})
 class LSTMSeq2Seq(nn.Module):
+    """Stacked-LSTM encoder-decoder implementing the nmtbench model interface
+    (`nmtbench.models.interface.Seq2SeqModel`, docs/interfaces.md)."""
+
+    shares_memory_across_beams = False  # beam search expands the memory to one row per beam
+
     def __init__(self, cfg: LSTMConfig, vocab_size: int, pad_id: int):
         super().__init__()
         self.cfg, self.vocab_size, self.pad_id = cfg, vocab_size, pad_id

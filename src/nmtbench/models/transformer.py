@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmtbench.models import register_model
+
 
 @dataclass
 class TransformerConfig:
@@ -205,9 +207,14 @@ class DecoderLayer(nn.Module):
         return self._sublayer(x, self.norm3, self.ffn)
 
 
+@register_model("transformer", TransformerConfig, training={
+    "label_smoothing": 0.1,  # epsilon_ls = 0.1 (section 5.4)
+    "loss_normalization": "tokens",  # summed loss / target tokens of the step (fairseq, tensor2tensor)
+    "optim": {},  # Adam(0.9, 0.98, 1e-9), eq. 3 schedule, warmup 4000: the OptimConfig defaults (5.3)
+})
 class TransformerSeq2Seq(nn.Module):
     """Encoder-decoder Transformer implementing the nmtbench model interface
-    (docs/interfaces.md)."""
+    (`nmtbench.models.interface.Seq2SeqModel`, docs/interfaces.md)."""
 
     shares_memory_across_beams = True  # decode takes B memory rows for B * k token rows
 
