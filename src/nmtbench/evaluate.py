@@ -72,6 +72,11 @@ def load_module(ckpt_path: str | Path, device: torch.device | str = "cpu", data_
     return module.to(device).eval()
 
 
+def trained_precision(module) -> str:
+    """The precision the checkpoint's run trained in (its resolved trainer.precision)."""
+    return str((module.hparams["cfg"].get("trainer") or {}).get("precision", "32-true"))
+
+
 def _cached_tokenizer(module, ckpt_path, data_overrides):
     from nmtbench.data.prepare import load_prepared
     from nmtbench.data.tokenizer import Tokenizer
@@ -117,7 +122,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         sources, refs = sources[: int(cfg.max_sentences)], refs[: int(cfg.max_sentences)]
     lang = cfg.get("lang") or data_cfg.tgt_lang
 
-    precision = decoding_precision(str(cfg.get("precision", "auto")), device)
+    precision = decoding_precision(str(cfg.get("precision", "auto")), device, trained_precision(module))
     start = time.perf_counter()
     with decoding_context(precision, device):
         hyps = translate_lines(module, sources, beam_size=int(cfg.beam_size), length_penalty=float(cfg.length_penalty),
@@ -168,7 +173,8 @@ def translate(cfg: DictConfig) -> list[str]:
         text = Path(cfg.input).read_text(encoding="utf-8")
     else:
         text = sys.stdin.read()
-    with decoding_context(decoding_precision(str(cfg.get("precision", "auto")), device), device):
+    precision = decoding_precision(str(cfg.get("precision", "auto")), device, trained_precision(module))
+    with decoding_context(precision, device):
         hyps = translate_lines(module, text.splitlines(), beam_size=int(cfg.beam_size),
                                length_penalty=float(cfg.length_penalty), max_len_b=int(cfg.max_len_b),
                                max_tokens=int(cfg.max_tokens))

@@ -17,8 +17,8 @@ AVX2-only CPUs bf16 is emulated, about 100x slower than fp32. So:
 
 Decoding uses the precision the weights were trained with (`decoding_context`): validation
 decoding runs inside the trainer's precision context (`BleuCallback`), and `evaluate.py` /
-`translate.py` with `precision=auto` decode under bf16 autocast where the device runs bf16
-natively, else in fp32.
+`translate.py` with `precision=auto` decode in the checkpoint's training precision where the
+device runs it natively (bf16-mixed: autocast), else in fp32.
 """
 
 from __future__ import annotations
@@ -82,14 +82,19 @@ def resolve_precision(requested: str, on_gpu: bool) -> tuple[str, str]:
     return requested, "as configured"
 
 
-def decoding_precision(requested: str, device: torch.device) -> str:
-    """What `evaluate.py` / `translate.py` decode in: `auto` = bf16 autocast where `device`
-    runs bf16 natively (a bf16-capable GPU, or a CPU with AMX / AVX512-BF16), else fp32."""
+def decoding_precision(requested: str, device: torch.device, trained: str = "32-true") -> str:
+    """What `evaluate.py` / `translate.py` decode in. `auto`: the precision the weights were
+    trained (and validated) in, `trained`, where `device` runs it natively (bf16: a GPU with
+    bf16, or a CPU with AMX / AVX512-BF16; fp16: a GPU); else fp32."""
     if requested != AUTO:
         return requested
-    if device.type == "cuda":
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
-    return "bf16-mixed" if cpu_native_bf16()[0] else "32-true"
+    trained = str(trained)
+    if trained in BF16:
+        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_native_bf16()[0]
+        return "bf16-mixed" if native else "32-true"
+    if trained in FP16 and device.type == "cuda":
+        return "16-mixed"
+    return "32-true"
 
 
 @contextlib.contextmanager

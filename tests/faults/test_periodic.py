@@ -46,7 +46,7 @@ def test_every_minutes_saves_on_time(tmp_path):
 
 def test_bad_settings_are_one_line_config_errors(tmp_path):
     from nmtbench.errors import ConfigError
-    from nmtbench.train import instantiate_group
+    from nmtbench.trainer_setup import instantiate_group
 
     from ..conftest import compose_config
 

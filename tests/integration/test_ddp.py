@@ -26,9 +26,11 @@ import pytest
 import torch
 
 from nmtbench.data.batching import BatchPlan, TokenBatchSampler
+from nmtbench.data.config import load_data_config
 from nmtbench.data.datamodule import Seq2SeqDataModule
 from nmtbench.errors import ConfigError
-from nmtbench.train import batch_plan, degrade_gpu_settings, train
+from nmtbench.train import train
+from nmtbench.trainer_setup import batch_plan, degrade_gpu_settings
 from tests.conftest import compose_config
 
 from ..conftest import TINY_TRANSFORMER
@@ -138,7 +140,7 @@ def runs(tmp_path_factory) -> Path:
     with open(root / "ddp_stdout.txt", "w") as out, open(root / "ddp_stderr.txt", "w") as err:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
         try:
-            assert batch_plan(cfg, world_size=1).accumulation == 2
+            assert batch_plan(load_data_config(cfg.data), world_size=1).accumulation == 2
             train(cfg)
             returncode = proc.wait(timeout=600)
         finally:
@@ -232,17 +234,17 @@ def test_global_batches_match_between_one_and_two_processes(tmp_path):
 
 
 def test_effective_batch_is_split_into_equal_budgets_on_1_to_16_gpus():
-    cfg = compose_config(["data.max_tokens=4096", "data.effective_batch_tokens=25000"])
-    plans = {n: batch_plan(cfg, world_size=n) for n in (1, 2, 4, 8, 16)}
+    data = load_data_config(compose_config(["data.max_tokens=4096", "data.effective_batch_tokens=25000"]).data)
+    plans = {n: batch_plan(data, world_size=n) for n in (1, 2, 4, 8, 16)}
     assert [plans[n].accumulation for n in (1, 2, 4, 8, 16)] == [7, 4, 2, 1, 1]
     assert plans[1].micro_batch_tokens == 3571 and plans[8].micro_batch_tokens == 3125  # <= data.max_tokens
     for plan in plans.values():
         assert 25000 - plan.accumulation * plan.world_size <= plan.tokens_per_step <= 25000
-    cfg = compose_config(["data.effective_batch_tokens=null", "data.max_tokens=4096",
-                          "trainer.accumulate_grad_batches=3"])
-    assert batch_plan(cfg, world_size=8) == BatchPlan(3, 4096, 8)  # no effective batch: as configured
+    data = load_data_config(compose_config(["data.effective_batch_tokens=null", "data.max_tokens=4096"]).data)
+    assert batch_plan(data, world_size=8, accumulate_grad_batches=3) == BatchPlan(3, 4096, 8)  # as configured
     with pytest.raises(ConfigError, match="data.max_len"):
-        batch_plan(compose_config(["data.effective_batch_tokens=4096", "data.max_len=256"]), world_size=32)
+        batch_plan(load_data_config(compose_config(["data.effective_batch_tokens=4096", "data.max_len=256"]).data),
+                   world_size=32)
 
 
 def test_effective_batch_gives_the_same_tokens_per_step_on_1_and_8_gpus():
@@ -250,10 +252,10 @@ def test_effective_batch_gives_the_same_tokens_per_step_on_1_and_8_gpus():
     of WMT-like lengths, with the budgets of batch_plan: within 5% on 1 and 8 ranks."""
     rng = np.random.default_rng(0)
     lengths = np.clip(rng.lognormal(np.log(26), 0.55, 200_000).astype(np.int64), 2, 257)
-    cfg = compose_config(["data.max_tokens=4096", "data.effective_batch_tokens=25000"])
+    data = load_data_config(compose_config(["data.max_tokens=4096", "data.effective_batch_tokens=25000"]).data)
 
     def tokens_per_step(world_size: int) -> float:
-        plan = batch_plan(cfg, world_size)
+        plan = batch_plan(data, world_size)
         sampler = TokenBatchSampler(lengths, plan.micro_batch_tokens, seed=1, rank=0, world_size=world_size)
         steps = len(sampler.global_batches(0)) / (plan.accumulation * world_size)
         return float(lengths.sum()) / steps
@@ -304,7 +306,7 @@ def test_multi_gpu_trainer_configs_compose_and_build_their_strategies(monkeypatc
 def test_fsdp_refuses_at_startup_what_cannot_work(monkeypatch):
     """trainer=fsdp: CUDA only (Lightning and torch FSDP), and never the LSTM rows; each
     refusal names its reason and the trainer to use instead, before any work."""
-    from nmtbench.train import check_strategy
+    from nmtbench.trainer_setup import check_strategy
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="needs CUDA GPUs.*trainer=ddp_sim"):

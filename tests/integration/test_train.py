@@ -101,7 +101,7 @@ def test_test_weights_must_be_best_or_last(tiny_cfg, tmp_path):
 def test_time_based_validation_interval(tiny_cfg, tmp_path):
     # The mini rows validate every few minutes of training (a time, not a step count), which
     # Lightning keeps outside `trainer.val_check_interval`; with accumulation 2, the step-based
-    # rescaling (validate_every_optimizer_steps) must leave it alone.
+    # rescaling (trainer_setup.val_check_batches) must leave it alone.
     cfg = tiny_cfg(TINY_TRANSFORMER + ["test=false", "trainer.val_check_interval=00:00:01:00",
                                        "trainer.accumulate_grad_batches=2"])
     metrics = train(cfg)

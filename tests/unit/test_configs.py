@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from nmtbench.config import from_mapping
 from nmtbench.data.config import DataConfig
 from nmtbench.errors import ConfigError
-from nmtbench.schema import model_settings
 from nmtbench.optim import OptimConfig
+from nmtbench.schema import model_settings
 
 from ..conftest import CONFIG_DIR, compose_config
 
@@ -146,9 +146,9 @@ def test_cfg_job_shows_every_model_value(model):
     """The composed `model:` holds every schema field (what `--cfg job` prints)."""
     from dataclasses import fields
 
-    from nmtbench.schema import TRAINING_KEYS
     from nmtbench.models.lstm import LSTMConfig
     from nmtbench.models.transformer import TransformerConfig
+    from nmtbench.schema import TRAINING_KEYS
 
     m = compose_config([f"model={model}"]).model
     arch = TransformerConfig if m.name == "transformer" else LSTMConfig

@@ -11,9 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nmtbench.config import from_mapping
 from nmtbench.errors import ConfigError
-from nmtbench.schema import build_model_from_config, model_settings
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq, reverse_source
 from nmtbench.optim import OptimConfig
+from nmtbench.schema import build_model_from_config, model_settings
 
 from ..conftest import compose_config
 

@@ -85,8 +85,28 @@ def test_console_scripts_are_the_entry_points_of_the_scripts():
             assert f"from nmtbench.cli import {target.split(':')[1]}" in script.read_text(), script
 
 
+@pytest.fixture
+def logging_restored():
+    """An in-process Hydra app configures logging (dictConfig disables loggers that exist):
+    put every logger back as it was, so later tests' log capture sees them."""
+    import logging
+
+    manager = logging.Logger.manager
+    before = {name: (lg.disabled, lg.level, lg.propagate) for name, lg in manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    root = logging.getLogger()
+    root_state = (list(root.handlers), root.level)
+    yield
+    for name, (disabled, level, propagate) in before.items():
+        lg = logging.getLogger(name)
+        lg.disabled, lg.propagate = disabled, propagate
+        lg.setLevel(level)
+    root.handlers[:] = root_state[0]
+    root.setLevel(root_state[1])
+
+
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_console_script_help(name, monkeypatch, capsys):
+def test_console_script_help(name, monkeypatch, capsys, logging_restored):
     module, _, attr = SCRIPTS[name].partition(":")
     main = getattr(importlib.import_module(module), attr)
     monkeypatch.setattr(sys, "argv", [name, "--help"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nmtbench import precision as P
-from nmtbench.train import degrade_gpu_settings
+from nmtbench.trainer_setup import degrade_gpu_settings
 from tests.conftest import compose_config
 
 
@@ -61,6 +61,15 @@ def test_decoding_context_autocasts_only_mixed_precisions():
     with P.decoding_context("32-true", torch.device("cpu")):
         assert (x @ w).dtype == torch.float32
     assert P.decoding_precision("32-true", torch.device("cpu")) == "32-true"
+
+
+def test_evaluation_decodes_in_the_training_precision_where_native(native):
+    cpu = torch.device("cpu")
+    native(True)
+    assert P.decoding_precision("auto", cpu, trained="bf16-mixed") == "bf16-mixed"
+    assert P.decoding_precision("auto", cpu, trained="32-true") == "32-true"
+    native(False)
+    assert P.decoding_precision("auto", cpu, trained="bf16-mixed") == "32-true"
 
 
 def test_clipping_by_norm_works_with_the_fused_optimizer_under_bf16_mixed():

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from nmtbench.schema import build_model_from_config as build_model
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
+from nmtbench.schema import build_model_from_config as build_model
 
 PAD, V = 0, 50
 

@@ -20,7 +20,8 @@
   resume, a validation that a checkpoint taken before it interrupted. The worst case to exit
   is therefore one validation plus two steps.
 
-All writes go through the trainer's CheckpointIO (`AtomicCheckpointIO` in `train.py`:
+A Lightning `Checkpoint` (so Lightning orders it with the checkpoint callbacks, after the
+others; `nmtbench.trainer_setup` puts it last among them). All writes go through the trainer's CheckpointIO (`AtomicCheckpointIO` in `train.py`:
 temporary file, fsync, rename). Checkpoints always hold the full training state.
 """
 
@@ -34,6 +35,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from nmtbench.distributed import all_reduce_sum, on_rank_zero
@@ -43,7 +45,7 @@ from nmtbench.preemption import SIGNALS, requeue_slurm_job
 log = logging.getLogger(__name__)
 
 
-class ResumeCheckpoint(L.Callback):
+class ResumeCheckpoint(Checkpoint):
     """Periodic resumable `last.ckpt`, and save-then-stop on SIGTERM/SIGUSR1 (module doc)."""
 
     def __init__(self, dirpath: str, every_n_steps: int | None = None, every_minutes: float | None = None,
