@@ -6,7 +6,9 @@
 # exits 0. Record the figures in docs/results.md.
 #   bash scripts/gpu_check.sh [--sections transformer_base,decode] [--batch-tokens 16384]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+# From any directory: the benchmarks are the top-level package benchmarks/ of the repository.
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PYTHONPATH="$root:$root/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
-exec "${PYTHON:-python}" -m nmtbench.benchmarks.gpu_check "$@"
+exec "${PYTHON:-python}" -m benchmarks.gpu_check "$@"

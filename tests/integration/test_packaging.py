@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "src", "configs")
+# benchmarks/ is copied too, so the build sees it as it is in the checkout (and leaves it out).
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "LICENSE", "src", "configs", "benchmarks")
 # The smoke experiment shrunk to seconds (as tests/conftest.py tiny_train_config does).
 TINY = [
     "experiment=smoke", "data.toy.num_train=300", "data.toy.num_valid=20", "data.toy.num_test=20",
@@ -78,6 +79,8 @@ def test_wheel_holds_every_source_file_config_and_the_licence(installed):
                 if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     expected |= {f"nmtbench/configs/{p.relative_to(ROOT / 'configs').as_posix()}" for p in (ROOT / "configs").rglob("*.yaml")}
     assert expected - names == set()
+    # the benchmarks live beside their results at the repository's top level, not in the wheel
+    assert not [n for n in names if n.startswith(("benchmarks/", "nmtbench/benchmarks/"))]
     assert any(n.endswith("licenses/LICENSE") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "nmtbench-train = nmtbench.cli:train" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from nmtbench.benchmarks import peers, train_throughput
+from benchmarks import peers, train_throughput
 from nmtbench.loss import label_smoothed_loss
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
 

@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmtbench.benchmarks import gpu_check
+from benchmarks import gpu_check
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without CUDA")
-def test_script_without_cuda_says_so_and_exits_zero():
+def test_script_without_cuda_says_so_and_exits_zero(tmp_path):
+    """Run from another directory: the script finds the top-level benchmarks/ package itself."""
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert proc.returncode == 0, proc.stderr
     assert "no CUDA device" in proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"cuda": False, "torch": torch.__version__,

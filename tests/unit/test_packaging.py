@@ -41,10 +41,14 @@ def test_every_core_dependency_has_a_lower_bound():
     assert CORE and all(re.search(r">=\d", req) for req in CORE), CORE
 
 
+FIRST_PARTY = ("nmtbench", "benchmarks", "tests", "__future__")
+
+
 def _third_party_imports() -> dict[str, str]:
-    """Top-level module -> first file importing it, over src/, scripts/ and tests/."""
+    """Top-level module -> first file importing it, over src/, benchmarks/, scripts/ and tests/."""
     found: dict[str, str] = {}
-    for path in sorted([*ROOT.glob("src/**/*.py"), *ROOT.glob("scripts/**/*.py"), *ROOT.glob("tests/**/*.py")]):
+    for path in sorted([*ROOT.glob("src/**/*.py"), *ROOT.glob("benchmarks/**/*.py"), *ROOT.glob("scripts/**/*.py"),
+                        *ROOT.glob("tests/**/*.py")]):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):
@@ -53,7 +57,7 @@ def _third_party_imports() -> dict[str, str]:
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in ("nmtbench", "tests", "__future__"):
+                if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
                     found.setdefault(top, str(path.relative_to(ROOT)))
     return found
 
@@ -75,6 +79,29 @@ def test_every_import_is_declared():
         if not candidates & declared:
             missing.append(f"{module} (imported by {where}; distribution {sorted(candidates)})")
     assert missing == [], "declare in pyproject.toml: " + ", ".join(missing)
+
+
+def test_every_import_scan_covers_the_benchmarks():
+    """The benchmarks (top-level benchmarks/) import the peers' packages, the bench extra's
+    `transformers` and `onmt`: the scan above reads them there."""
+    found = _third_party_imports()
+    assert found["transformers"].startswith("benchmarks/") and found["onmt"].startswith("benchmarks/"), found
+
+
+def test_the_wheel_ships_nmtbench_only(monkeypatch):
+    """setup.py's package list (what the wheel holds): nmtbench and its configs, never the
+    top-level benchmarks/ package (the wheel's contents: tests/integration/test_packaging.py)."""
+    import runpy
+
+    import setuptools
+
+    captured = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: captured.update(kw))
+    runpy.run_path(str(ROOT / "setup.py"))
+    packages = captured["packages"]
+    assert "nmtbench" in packages and "nmtbench.configs" in packages
+    assert all(p == "nmtbench" or p.startswith("nmtbench.") for p in packages), packages
+    assert not (ROOT / "src" / "nmtbench" / "benchmarks").exists()
 
 
 def test_console_scripts_are_the_entry_points_of_the_scripts():

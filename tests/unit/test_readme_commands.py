@@ -58,11 +58,12 @@ def test_config_group_tables_list_existing_options(doc):
 
 
 def test_documents_cited_in_code_exist():
-    """Documents named in source, scripts and configs (a path under a repository directory,
+    """Documents named in source, benchmarks, scripts and configs (a path under a repository directory,
     `docs/interfaces.md`, or an upper-case name, `README.md`) exist, relative to the repository
     root, docs/ or the citing file. Lower-case bare names are outputs (`table.md`)."""
     problems = []
-    files = [*ROOT.glob("src/**/*.py"), *ROOT.glob("scripts/**/*"), *ROOT.glob("configs/**/*.yaml")]
+    files = [*ROOT.glob("src/**/*.py"), *ROOT.glob("benchmarks/**/*.py"), *ROOT.glob("scripts/**/*"),
+             *ROOT.glob("configs/**/*.yaml")]
     for path in sorted(f for f in files if f.is_file()):
         for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             for name in re.findall(r"[\w./-]*\w\.md\b", line):

@@ -1,6 +1,6 @@
 """Training tokens/s of the LSTM baselines: input feeding vs none vs no attention.
 
-    python scripts/benchmark.py lstm [--sizes small,paper] [--variants feed,nofeed,none]
+    python -m benchmarks lstm [--sizes small,paper] [--variants feed,nofeed,none]
 
 Setup (documented because it decides what the numbers mean):
 - Models: `nmtbench.models.lstm.LSTMSeq2Seq`, random weights, fp32, train mode (dropout on),
@@ -29,12 +29,11 @@ nn.LSTM itself on a length-1 sequence.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.timing import time_calls
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq
 
 SIZES = {
@@ -66,27 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn, device: torch.device, warmup: int, steps: int) -> tuple[float, float]:
-    """Median wall-clock and process CPU seconds of `fn()` over `steps` runs after `warmup`.
-
-    CPU time (all threads of this process) is the robust number on a shared machine: other
-    processes stretch the wall clock but not it."""
-    for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
-    for _ in range(steps):
-        _sync(device)
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        _sync(device)
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
+    """Median wall-clock and process CPU seconds of `fn()` over `steps` runs after `warmup`
+    (`benchmarks.timing`: CPU time is the robust number on a shared machine)."""
+    timing = time_calls(fn, device, warmup, steps)
+    return timing.median, timing.median_cpu
 
 
 def _batch(B: int, length: int, vocab: int, device: torch.device, seed: int):

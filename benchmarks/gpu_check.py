@@ -1,7 +1,7 @@
 """One GPU check that prints one JSON line: `scripts/gpu_check.sh` (issue 12, item 6).
 
     bash scripts/gpu_check.sh                  # on a CUDA machine, <= 8 minutes
-    python -m nmtbench.benchmarks.gpu_check --device cpu --tiny   # the same code, tiny, on CPU
+    python -m benchmarks.gpu_check --device cpu --tiny   # the same code, tiny, on CPU
 
 On a machine without CUDA (and no `--device`) it says so on stderr, prints
 {"cuda": false, ...} and exits 0. Sections (each timed after warm-up, CUDA synchronised):
@@ -30,12 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from nmtbench.benchmarks import REPO_ROOT, shared_data
+from benchmarks import REPO_ROOT, shared_data
+from benchmarks.timing import Stopwatch
 from nmtbench.flops import CPU_MEASURED, datasheet_peak_flops, measure_cpu_matmul_flops
 from nmtbench.loss import compiled_loss_rows, label_smoothed_loss
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq
@@ -57,23 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--input", type=Path, default=shared_data("wmt14_sample") / "newstest2014.en",
                         help="English sources of the decode section (one sentence a line)")
     return parser.parse_args(argv)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], None], device: torch.device, warmup: int, steps: int) -> float:
-    """Seconds per call of `fn` over `steps` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / steps
 
 
 def peak_flops(device: torch.device) -> tuple[float | None, str]:
@@ -102,7 +85,13 @@ def train_rate(model: torch.nn.Module, device: torch.device, batch_tokens: int, 
         (loss / ntok).backward()
         optimizer.step()
 
-    seconds = _timed(step, device, warmup, steps)
+    for _ in range(warmup):
+        step()
+    # the steps back to back, as training runs them (CUDA queues a step while the last computes)
+    with Stopwatch(device) as watch:
+        for _ in range(steps):
+            step()
+    seconds = watch.timing.total / steps
     flops = model.flops_per_batch(lens, lens)
     peak, source = peak_flops(device)
     return {"tokens_per_s": B * length / seconds, "ms_per_step": 1e3 * seconds, "batch": [B, length],
@@ -138,7 +127,7 @@ def lstm_attention(device: torch.device, args: argparse.Namespace) -> dict:
 
 
 def decode(device: torch.device, args: argparse.Namespace) -> dict:
-    from nmtbench.benchmarks.decode import fake_tokenize, make_batches, run_nmtbench
+    from benchmarks.decode import fake_tokenize, make_batches, run_nmtbench
 
     cfg = TransformerConfig(num_encoder_layers=1, num_decoder_layers=1, d_model=64, num_heads=4, d_ff=128,
                             dropout=0.0) if args.tiny else TransformerConfig(dropout=0.0)
@@ -151,14 +140,12 @@ def decode(device: torch.device, args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     model = TransformerSeq2Seq(cfg, vocab, 0).to(device).eval()
     run_nmtbench(model, batches[:1], 4, True)  # warm-up
-    _sync(device)
-    seconds, tokens = run_nmtbench(model, batches, 4, True)
-    _sync(device)
+    seconds, tokens = run_nmtbench(model, batches, 4, True)  # timed between device synchronisations
     return {"sentences_per_s": len(lines) / seconds, "tokens_per_s": tokens / seconds, "sentences": len(lines)}
 
 
 def seq_length(device: torch.device, args: argparse.Namespace) -> dict:
-    from nmtbench.benchmarks.seq_length import LSTMEncoder, TransformerEncoder, measure
+    from benchmarks.seq_length import LSTMEncoder, TransformerEncoder, measure
 
     lengths = [10, 20] if args.tiny else [10, 50, 100, 200, 500, 1000]
     width, batch = (32, 2) if args.tiny else (512, 32)

@@ -1,7 +1,7 @@
 """LSTM vs Transformer encoder time over sequence length (forward, forward + backward).
 
-    python scripts/benchmark.py seq-length --out runs/bench/seq_length
-    python scripts/benchmark.py seq-length --lengths 10,100,1000 --width 512 --device cuda
+    python -m benchmarks seq-length --out runs/bench/seq_length
+    python -m benchmarks seq-length --lengths 10,100,1000 --width 512 --device cuda
 
 Setup (documented because it decides what the numbers mean):
 - Recurrent: `torch.nn.Embedding` + `torch.nn.LSTM(width, width, num_layers, batch_first=True)`
@@ -30,14 +30,13 @@ import argparse
 import csv
 import math
 import os
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks.timing import time_calls
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
 
 PAD = 0
@@ -89,23 +88,9 @@ class TransformerEncoder(nn.Module):
         return sum(p.numel() for layer in self.model.encoder for p in layer.parameters())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_ms(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
     """Median wall-clock milliseconds of `fn()` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    return 1000.0 * time_calls(fn, device, warmup, repeats).median
 
 
 def measure(model: nn.Module, src: torch.Tensor, src_lens: torch.Tensor, device: torch.device,

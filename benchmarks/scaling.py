@@ -1,7 +1,7 @@
 """Training tokens/s on 1..N processes (DDP) and the scaling efficiency.
 
-    python scripts/benchmark.py scaling                                  # CPU: 1 and 2 processes (gloo)
-    python scripts/benchmark.py scaling --accelerator gpu --devices 1,2,4,8 \
+    python -m benchmarks scaling                                  # CPU: 1 and 2 processes (gloo)
+    python -m benchmarks scaling --accelerator gpu --devices 1,2,4,8 \
         --overrides size=paper data.max_tokens=4096                      # GPUs (NCCL, bf16-mixed)
 
 Setup (documented because it decides what the numbers mean):
@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+from benchmarks import REPO_ROOT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def command(args: argparse.Namespace, num: int, run_dir: Path) -> list[str]:
         trainer = ["trainer=gpu"] if num == 1 else ["trainer=ddp", f"trainer.devices={num}"]
     root = [f"paths.root_dir={args.root}"] if args.root else []
     return [
-        sys.executable, str(REPO / "scripts" / "train.py"), f"experiment={args.experiment}", *trainer, *root,
+        sys.executable, str(REPO_ROOT / "scripts" / "train.py"), f"experiment={args.experiment}", *trainer, *root,
         f"trainer.max_steps={args.steps}", "trainer.max_time=null", "trainer.val_check_interval=100000000",
         "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
         "test=false", "data.effective_batch_tokens=null", "trainer.accumulate_grad_batches=1",

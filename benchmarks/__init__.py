@@ -1,10 +1,13 @@
-"""Benchmarks behind `scripts/benchmark.py`: each module has `add_arguments(parser)` + `run(args)`."""
+"""The benchmarks, beside their results (RESULTS.md): `python -m benchmarks <cmd>` from the
+repository root. Each subcommand's module has `add_arguments(parser)` + `run(args)`; the
+timing helper they share is `benchmarks.timing`. Not part of the installed package (the
+wheel ships `nmtbench` only)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_data(name: str) -> Path:

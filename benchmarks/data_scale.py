@@ -1,4 +1,4 @@
-"""Data preparation at WMT14 scale: `python scripts/benchmark.py data --pairs 4500000`.
+"""Data preparation at WMT14 scale: `python -m benchmarks data --pairs 4500000`.
 
 What is measured (documented because it decides what the numbers mean):
 - Corpus: the training pairs of `--data-dir` (the 38.7k-pair WMT14 sample) repeated up to
@@ -126,7 +126,7 @@ def _bpe_seconds(log: str) -> float | None:
 
 
 def run_scale(args) -> int:
-    from nmtbench.benchmarks import REPO_ROOT
+    from benchmarks import REPO_ROOT
 
     data_dir = args.data_dir if args.data_dir.is_absolute() else REPO_ROOT / args.data_dir
     points = [int(p) for p in str(args.pairs).split(",")]

@@ -1,6 +1,6 @@
 """Training throughput: ours vs Hugging Face MarianMT and OpenNMT-py on the same batches.
 
-    python scripts/benchmark.py train-throughput [--json] [--groups mini,base,lstm-mini,lstm-paper]
+    python -m benchmarks train-throughput [--json] [--groups mini,base,lstm-mini,lstm-paper]
 
 What is measured (documented because it decides what the numbers mean):
 - Batches: real token batches of the WMT14 sample (`--data-dir`, train split), prepared by
@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import platform
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,8 @@ from pathlib import Path
 
 import torch
 
-from nmtbench.benchmarks import REPO_ROOT, peers, shared_data
+from benchmarks import REPO_ROOT, peers, shared_data
+from benchmarks.timing import Stopwatch, Timing
 from nmtbench.flops import measure_cpu_matmul_flops
 from nmtbench.loss import label_smoothed_loss
 from nmtbench.models.lstm import LSTMConfig, LSTMSeq2Seq
@@ -91,8 +91,7 @@ class System:
     model: torch.nn.Module
     loss: Callable[[dict], torch.Tensor]  # batch -> scalar training loss
     flops: Callable[[dict], float]  # batch -> analytic training FLOPs
-    wall: list[float] = field(default_factory=list)
-    cpu: list[float] = field(default_factory=list)
+    timing: Timing = field(default_factory=Timing)  # wall and CPU seconds of each timed step
     tokens: int = 0
     flop_count: float = 0.0
 
@@ -178,14 +177,12 @@ def run_group(systems: list[System], batches: list[dict], warmup: int, log: Call
     for i, batch in enumerate(batches):
         k = i % len(systems)
         for system in systems[k:] + systems[:k]:
-            start, start_cpu = time.perf_counter(), time.process_time()
-            system.step(batch)
-            system.wall.append(time.perf_counter() - start)
-            system.cpu.append(time.process_time() - start_cpu)
+            with Stopwatch(timing=system.timing):
+                system.step(batch)
             system.tokens += int(batch["tgt_out"].ne(peers.PAD).sum())
             system.flop_count += system.flops(batch)
         log(f"  batch {i + 1}/{len(batches)} {tuple(batch['src'].shape)}->{tuple(batch['tgt_in'].shape)}: "
-            + ", ".join(f"{s.name} {s.wall[-1]:.2f} s" for s in systems))
+            + ", ".join(f"{s.name} {s.timing.wall[-1]:.2f} s" for s in systems))
 
 
 def versions() -> dict[str, str | None]:
@@ -225,12 +222,12 @@ def run(args: argparse.Namespace) -> int:
             f"<= {max_tokens} tokens")
         run_group(systems, timed, args.warmup, log)
         for s in systems:
-            wall = sum(s.wall)
+            wall, steps = s.timing.total, len(s.timing.wall)
             results["systems"][f"{group}/{s.name}"] = {
-                "tokens_per_s": s.tokens / wall, "ms_per_step": 1e3 * wall / len(s.wall),
-                "cpu_s_per_step": sum(s.cpu) / len(s.cpu), "flops_per_s": s.flop_count / wall,
+                "tokens_per_s": s.tokens / wall, "ms_per_step": 1e3 * wall / steps,
+                "cpu_s_per_step": sum(s.timing.cpu) / steps, "flops_per_s": s.flop_count / wall,
                 "fraction_of_matmul_peak": s.flop_count / wall / peak, "target_tokens": s.tokens,
-                "steps": len(s.wall),
+                "steps": steps,
             }
         del systems
     results["load_avg_end"] = os.getloadavg()[0]

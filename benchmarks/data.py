@@ -1,7 +1,7 @@
 """Data pipeline speed: preprocessing pairs/s, and loader tokens/s vs a training step.
 
-    python scripts/benchmark.py data [--data-dir ../shared/data/wmt14_sample] [--num-proc 2]
-    python scripts/benchmark.py data --pairs 4500000 [--json]   # WMT14 scale: see data_scale.py
+    python -m benchmarks data [--data-dir ../shared/data/wmt14_sample] [--num-proc 2]
+    python -m benchmarks data --pairs 4500000 [--json]   # WMT14 scale: see data_scale.py
 
 What is measured (documented because it decides what the numbers mean):
 - Preprocessing: the training split of `--data-dir` (train.{en,de}) encoded with the joint
@@ -34,7 +34,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nmtbench.benchmarks import REPO_ROOT, shared_data
+from benchmarks import REPO_ROOT, shared_data
+from benchmarks.timing import Stopwatch
 from nmtbench.data.config import load_data_config
 from nmtbench.data.datamodule import Seq2SeqDataModule
 from nmtbench.data.prepare import build_tokenizer, prepare
@@ -113,24 +114,28 @@ def training_rate(dm: Seq2SeqDataModule, vocab_size: int, steps: int) -> tuple[f
     model = TransformerSeq2Seq(TransformerConfig(), vocab_size, 0).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
     batches = iter(dm.train_dataloader())
-    tokens, elapsed = 0, 0.0
-    for step in range(steps + 1):
-        batch = next(batches)
-        start = time.perf_counter()
+
+    def train_step(batch: dict) -> None:
         logits = model(batch["src"], batch["src_lens"], batch["tgt_in"])  # (B, T, V)
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["tgt_out"].flatten(), ignore_index=0)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if step > 0:  # step 0 warms up allocations and kernels
-            elapsed += time.perf_counter() - start
-            tokens += int(batch["src_lens"].sum()) + int((batch["tgt_out"] != 0).sum())
+
+    train_step(next(batches))  # warms up allocations and kernels (not timed)
+    watch, tokens = Stopwatch(), 0
+    for _ in range(steps):
+        batch = next(batches)
+        with watch:
+            train_step(batch)
+        tokens += int(batch["src_lens"].sum()) + int((batch["tgt_out"] != 0).sum())
+    elapsed = watch.timing.total
     return tokens / elapsed, elapsed / steps, tokens // steps
 
 
 def run(args: argparse.Namespace) -> int:
     if args.pairs:
-        from nmtbench.benchmarks.data_scale import run_scale
+        from benchmarks.data_scale import run_scale
 
         return run_scale(args)
     console = Console()

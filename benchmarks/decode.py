@@ -1,6 +1,6 @@
 """Decoding speed: nmtbench beam search (beam 4) and greedy search vs HF generate(), equal work.
 
-    python scripts/benchmark.py decode [--json] [--num-sentences 320] [--batch-size 32] [--beam-size 4]
+    python -m benchmarks decode [--json] [--num-sentences 320] [--batch-size 32] [--beam-size 4]
 
 Setup (documented because it decides what the numbers mean):
 - Model: Transformer base (Vaswani et al. 2017: 6+6 layers, d_model 512, 8 heads, d_ff 2048,
@@ -32,13 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from nmtbench.benchmarks import peers, shared_data
+from benchmarks import peers, shared_data
+from benchmarks.timing import Stopwatch
 from nmtbench.decoding import beam_search, greedy_search
 from nmtbench.models.transformer import TransformerConfig, TransformerSeq2Seq
 
@@ -110,24 +110,25 @@ class FixedLength(nn.Module):
 
 def run_nmtbench(model, batches, beam_size: int, use_cache: bool) -> tuple[float, int]:
     """Seconds and generated tokens (EOS included) for all batches (beam 1: greedy search)."""
-    tokens, start = 0, time.perf_counter()
-    for src, lens in batches:
-        steps = int(lens.max())
-        wrapped = FixedLength(model, lens)
-        kw = dict(max_len_b=0, bos_id=BOS, eos_id=EOS, pad_id=PAD, use_cache=use_cache)
-        max_lens = torch.full_like(lens, steps - 1)
-        if beam_size > 1:
-            hyps = beam_search(wrapped, src, max_lens, beam_size=beam_size, **kw)
-        else:
-            hyps = greedy_search(wrapped, src, max_lens, **kw)
-        assert all(len(h) == steps - 1 for h in hyps)
-        tokens += len(hyps) * steps
-    return time.perf_counter() - start, tokens
+    tokens = 0
+    with Stopwatch(batches[0][0].device) as watch:
+        for src, lens in batches:
+            steps = int(lens.max())
+            wrapped = FixedLength(model, lens)
+            kw = dict(max_len_b=0, bos_id=BOS, eos_id=EOS, pad_id=PAD, use_cache=use_cache)
+            max_lens = torch.full_like(lens, steps - 1)
+            if beam_size > 1:
+                hyps = beam_search(wrapped, src, max_lens, beam_size=beam_size, **kw)
+            else:
+                hyps = greedy_search(wrapped, src, max_lens, **kw)
+            assert all(len(h) == steps - 1 for h in hyps)
+            tokens += len(hyps) * steps
+    return watch.timing.total, tokens
 
 
 def run_hf(model, batches, beam_size: int) -> tuple[float, int]:
-    tokens, start = 0, time.perf_counter()
-    with torch.inference_mode():
+    tokens = 0
+    with torch.inference_mode(), Stopwatch(batches[0][0].device) as watch:
         for src, lens in batches:
             steps = int(lens.max())
             mask = (torch.arange(src.size(1))[None] < lens[:, None]).long()
@@ -136,7 +137,7 @@ def run_hf(model, batches, beam_size: int) -> tuple[float, int]:
                                  max_new_tokens=steps, min_new_tokens=steps, **beam)
             assert out.size(1) == steps + 1  # decoder start token + T_b generated tokens
             tokens += src.size(0) * steps
-    return time.perf_counter() - start, tokens
+    return watch.timing.total, tokens
 
 
 LABELS = {"cache": "nmtbench beam (cache)", "no_cache": "nmtbench beam (no cache)",
