@@ -81,7 +81,7 @@ def test_mini_rows_compose_from_the_shared_base():
     beam-4 test (all from _mini.yaml); each its own model and task name."""
     cfgs = {name: compose_config([f"experiment={name}"]) for name in MINI}
     for name, cfg in cfgs.items():
-        assert cfg.task_name == name and cfg.model_size == "mini" and cfg.trainer.accelerator == "cpu"
+        assert cfg.task_name == name and cfg.model.get("d_model", cfg.model.get("embed_dim")) == 256 and cfg.trainer.accelerator == "cpu"
         assert (cfg.data.source, cfg.data.valid_prefix, cfg.data.test_prefix) == ("files", "val", "test2016")
         assert cfg.trainer.max_time == "00:00:20:00" and cfg.trainer.max_steps == -1
         assert (cfg.callbacks.bleu.beam_size, cfg.callbacks.bleu.max_sentences) == (1, 500)
