@@ -5,13 +5,17 @@ each between two device synchronisations (CUDA work is queued: without them the 
 stop before the GPU does), and returns every call's wall and process-CPU seconds with their
 median and spread. CPU time (all threads of this process) is the robust number on a shared
 machine: other processes stretch the wall clock but not it.
+
+Repeated rounds: `ratio_over_rounds(a, b)` is the median over rounds of a[r] / b[r] (two
+systems' rates measured in the same rounds) and its `spread`, (max - min) / median: how far
+apart the rounds are, printed next to each ratio the benchmarks report.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +26,22 @@ def sync(device: torch.device | str) -> None:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def spread(values: Sequence[float]) -> float:
+    """(max - min) / median of `values`: 0 when they agree (or there is one, or none)."""
+    if not values:
+        return 0.0
+    median = statistics.median(values)
+    return (max(values) - min(values)) / median if median else 0.0
+
+
+def ratio_over_rounds(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """(median, spread) over rounds r of a[r] / b[r]: `a` and `b` hold one rate per round."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"one rate per round on both sides, got {len(a)} and {len(b)}")
+    per_round = [x / y for x, y in zip(a, b)]
+    return statistics.median(per_round), spread(per_round)
 
 
 @dataclass
@@ -44,7 +64,7 @@ class Timing:
     @property
     def spread(self) -> float:
         """(max - min) / median of the calls' wall time: how far apart repeats are."""
-        return (max(self.wall) - min(self.wall)) / self.median if self.wall and self.median else 0.0
+        return spread(self.wall)
 
     def add(self, wall: float, cpu: float) -> None:
         self.wall.append(wall)
@@ -81,4 +101,4 @@ def time_calls(fn: Callable[[], object], device: torch.device | str = "cpu", war
     return watch.timing
 
 
-__all__ = ["Stopwatch", "Timing", "sync", "time_calls"]
+__all__ = ["Stopwatch", "Timing", "ratio_over_rounds", "spread", "sync", "time_calls"]

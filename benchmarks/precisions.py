@@ -1,0 +1,131 @@
+"""The precision axis of the benchmarks that compare systems (train-throughput, decode).
+
+Every system runs in each precision of `--precisions` on the same batches:
+- `fp32`: no autocast;
+- `bf16`: `torch.autocast(device, dtype=torch.bfloat16)` around the system's forward and loss
+  (training) or its whole search (decoding), fp32 weights and optimizer: what the project's
+  `bf16-mixed` does (`nmtbench.precision.decoding_context`, the context evaluation and
+  translation decode in), the same for every system.
+The default is `fp32,bf16` where the device computes bf16 natively (a CUDA GPU with bf16, or
+a CPU with AMX / AVX512-BF16: `nmtbench.precision.cpu_native_bf16`), else `fp32` alone with
+the reason: emulated bf16 is about 100x slower and would measure the emulation.
+A system's best precision is the one with the higher median rate over rounds; the `*_best`
+ratios compare each system at its own best precision. `ratios` computes every ratio as its
+median over rounds with its spread (`benchmarks.timing.ratio_over_rounds`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from benchmarks.timing import ratio_over_rounds
+from nmtbench.precision import cpu_native_bf16, decoding_context
+
+PRECISIONS = ("fp32", "bf16")
+LIGHTNING = {"fp32": "32-true", "bf16": "bf16-mixed"}  # the project's (Lightning's) names
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """(whether `device` computes bf16 natively, why)."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, "the GPU supports bf16" if ok else "the GPU has no bf16"
+    ok, why = cpu_native_bf16()
+    return ok, (f"this CPU computes bf16 natively ({why})" if ok else f"this CPU has {why}")
+
+
+def resolve(requested: str | None, device: torch.device) -> tuple[list[str], str | None]:
+    """(the precisions to run, a one-line note or None) for `--precisions requested`
+    (None: the default of the module docstring)."""
+    native, why = native_bf16(device)
+    if requested is None:
+        if native:
+            return list(PRECISIONS), None
+        return ["fp32"], f"precisions: fp32 only, {why}; --precisions fp32,bf16 forces bf16"
+    chosen = [p.strip() for p in requested.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in PRECISIONS]
+    if unknown or not chosen:
+        raise SystemExit(f"--precisions: unknown {unknown or requested!r}; choose from {','.join(PRECISIONS)}")
+    chosen = list(dict.fromkeys(chosen))
+    if "bf16" in chosen and not native:
+        return chosen, f"precisions: bf16 asked for, but {why}: its figures measure emulated bf16"
+    return chosen, None
+
+
+def context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for `bf16` (as `bf16-mixed` trains and decodes), nothing for `fp32`."""
+    return decoding_context(LIGHTNING[precision], device)
+
+
+def best(rates: Mapping[str, Sequence[float]]) -> str:
+    """The precision with the highest median rate over rounds (the first listed on a tie)."""
+    return max(rates, key=lambda p: statistics.median(rates[p]))
+
+
+def system_entry(per_precision: dict[str, dict], rate_key: str) -> dict:
+    """A system's JSON entry: its figures per precision (`precision`), its `best_precision`
+    (by the median of `rate_key`, one rate per round), and the fp32 figures at the top level,
+    the keys of the fp32-only benchmarks, so their readers keep working."""
+    entry: dict = {"precision": per_precision,
+                   "best_precision": best({p: f[rate_key] for p, f in per_precision.items()})}
+    if "fp32" in per_precision:
+        entry.update({k: v for k, v in per_precision["fp32"].items() if k != rate_key})
+    return entry
+
+
+def ratios(systems: Mapping[str, dict], pairs: Mapping[str, tuple[str, str]], with_best: Sequence[str],
+           rate_key: str) -> dict[str, float | None]:
+    """Each ratio `key` of `pairs` (numerator system, denominator system) as its median over
+    rounds of the per-round rates `rate_key`, with `<key>_spread`: both systems in fp32; for
+    the keys in `with_best` also `<key>_best` (+ `_spread`), each system at its own best
+    precision. None where a system, or its run in that precision, is missing."""
+
+    def rounds(name: str, precision: str | None) -> list[float] | None:
+        entry = systems.get(name)
+        if entry is None:
+            return None
+        figures = entry["precision"].get(precision or entry["best_precision"])
+        return figures[rate_key] if figures else None
+
+    out: dict[str, float | None] = {}
+    for key, (a, b) in pairs.items():
+        for suffix, precision in (("", "fp32"), ("_best", None)):
+            if suffix and key not in with_best:
+                continue
+            ra, rb = rounds(a, precision), rounds(b, precision)
+            median, spread = ratio_over_rounds(ra, rb) if ra and rb else (None, None)
+            out[key + suffix], out[f"{key}{suffix}_spread"] = median, spread
+    return out
+
+
+def ratio_lines(results: Mapping, pairs: Mapping[str, tuple[str, str]], with_best: Sequence[str],
+                rate_key: str, labels: Mapping[str, str] | None = None, width: int = 32) -> list[str]:
+    """One printed line per ratio of `ratios`: its label (`labels[key]`, else the key), value,
+    spread, rounds and the precisions compared."""
+    systems, lines = results["systems"], []
+    for key, (a, b) in pairs.items():
+        for suffix in ("", "_best") if key in with_best else ("",):
+            value, spread = results.get(key + suffix), results.get(f"{key}{suffix}_spread")
+            label = (labels or {}).get(key + suffix, key + suffix)
+            if value is None:
+                lines.append(f"{label:{width}} n/a")
+                continue
+            pa, pb = ("fp32", "fp32") if not suffix else (systems[a]["best_precision"], systems[b]["best_precision"])
+            n = len(systems[a]["precision"][pa][rate_key])
+            which = "fp32" if not suffix else f"{a.split('/')[-1]} {pa} / {b.split('/')[-1]} {pb}"
+            lines.append(f"{label:{width}} {value:.2f}x  (spread {spread:.0%} over {n} rounds; {which})")
+    return lines
+
+
+def add_argument(parser) -> None:
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated subset of fp32,bf16 (default: fp32,bf16 where the device "
+                             "computes bf16 natively, else fp32)")
+
+
+__all__ = ["LIGHTNING", "PRECISIONS", "add_argument", "best", "context", "native_bf16", "ratio_lines", "ratios",
+           "resolve", "system_entry"]
