@@ -3,6 +3,7 @@
     python -m benchmarks data         # preprocessing pairs/s and loader vs model tokens/s
     python -m benchmarks decode       # beam-4 sentences/s, cache vs no cache, vs HF generate()
     python -m benchmarks lstm         # tokens/s of the LSTM decoder with/without input feeding
+    python -m benchmarks plateau      # does the mini Transformer leave the unigram plateau (WMT14 sample)
     python -m benchmarks scaling      # tokens/s with 1 and 2 processes, scaling efficiency
     python -m benchmarks seq-length   # LSTM vs Transformer encoder time over sequence length
     python -m benchmarks train-throughput  # training tokens/s: ours vs HF MarianMT / OpenNMT-py
@@ -20,6 +21,7 @@ SUBCOMMANDS = {
     "data": "benchmarks.data",
     "decode": "benchmarks.decode",
     "lstm": "benchmarks.lstm",
+    "plateau": "benchmarks.plateau",
     "scaling": "benchmarks.scaling",
     "seq-length": "benchmarks.seq_length",
     "train-throughput": "benchmarks.train_throughput",
