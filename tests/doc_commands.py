@@ -362,10 +362,10 @@ def _builds_attribute(key: str) -> bool:
     parent, _, attr = key.rpartition(".")
     for target in _TARGETS.get(parent, ()):
         if target.startswith("nmtbench.models:"):
-            from nmtbench.models import _registry
+            from nmtbench.models import registered_models
 
-            entry = _registry().get(target.partition(":")[2])
-            cls = entry[1] if entry else None
+            entry = registered_models().get(target.partition(":")[2])
+            cls = entry.model_class if entry else None
         else:
             module, _, name = target.rpartition(".")
             try:
