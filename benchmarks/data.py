@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="WMT14-scale mode: prepare corpora of these many pairs (comma list; one value "
                              "above 0.5M also runs 0.5M) and report time, peak RSS, cache size")
     parser.add_argument("--work-dir", default=None, help="--pairs: where the corpora are written (default: tmp)")
+    parser.add_argument("--bpe-sample", type=int, default=None,
+                        help="--pairs: sentences sampled to train the BPE (data.input_sentence_size; default: "
+                             "the data config's default). configs/data/wmt14.yaml: --vocab-size 37000 "
+                             "--bpe-sample 2000000")
     parser.add_argument("--json", action="store_true", help="--pairs: end with one JSON line")
 
 

@@ -6,7 +6,8 @@ What is measured (documented because it decides what the numbers mean):
   lines are equal; valid/test are the sample's newstest2013/2014. Writing it is not timed.
 - Preparation: `nmtbench.data.prepare.prepare` on it, as `scripts/prepare_data.py` runs it
   (data=files, the data config's defaults: joint BPE of `--vocab-size` trained on a
-  1M-sentence sample, `data.num_proc` encoding processes, shards), in a fresh Python process
+  `--bpe-sample`-sentence sample (default 1M; WMT14's config: 37000 pieces, 2M sentences),
+  `data.num_proc` encoding processes, shards), in a fresh Python process
   so nothing is cached. Timed end to end, with the BPE training reported apart (a fixed cost:
   the sample does not grow with the corpus) from the pass over the corpus (sampling, encoding,
   writing), whose time should grow linearly with the pairs.
@@ -80,7 +81,8 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def prepare_point(data_dir: Path, pairs: int, vocab_size: int, num_proc: int, work: Path) -> dict:
+def prepare_point(data_dir: Path, pairs: int, vocab_size: int, num_proc: int, work: Path,
+                  bpe_sample: int | None = None) -> dict:
     corpus = work / f"corpus-{pairs}"
     t0 = time.perf_counter()
     write_corpus(data_dir, corpus, pairs)
@@ -88,6 +90,8 @@ def prepare_point(data_dir: Path, pairs: int, vocab_size: int, num_proc: int, wo
     cache = work / f"cache-{pairs}"
     cfg = {"source": "files", "dir": str(corpus), "valid_prefix": "newstest2013", "test_prefix": "newstest2014",
            "cache_dir": str(cache), "vocab_size": vocab_size, "num_proc": num_proc}
+    if bpe_sample:
+        cfg["input_sentence_size"] = bpe_sample
     proc = subprocess.Popen([sys.executable, "-c", PREPARE, json.dumps(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     peak, done = 0, threading.Event()
@@ -133,12 +137,14 @@ def run_scale(args) -> int:
     if len(points) == 1 and points[0] > REFERENCE_PAIRS:
         points.insert(0, REFERENCE_PAIRS)
     work = Path(tempfile.mkdtemp(prefix="nmtbench-data-scale-", dir=args.work_dir))
-    print(f"[data --pairs] points {points}, {args.num_proc} encoding processes, BPE vocab {args.vocab_size}, "
+    print(f"[data --pairs] points {points}, {args.num_proc} encoding processes, BPE vocab {args.vocab_size} "
+          f"(sample {getattr(args, 'bpe_sample', None) or 'default'}), "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; work dir {work}", flush=True)
     rows = []
     try:
         for pairs in points:
-            row = prepare_point(data_dir.resolve(), pairs, args.vocab_size, args.num_proc, work)
+            row = prepare_point(data_dir.resolve(), pairs, args.vocab_size, args.num_proc, work,
+                                getattr(args, "bpe_sample", None))
             rows.append(row)
             print(f"  {pairs:>9,} pairs: {row['seconds']:7.1f} s ({row['pairs_per_s']:,.0f} pairs/s; BPE "
                   f"{row['bpe_seconds'] or float('nan'):.1f} s, corpus pass {row['corpus_seconds']:.1f} s), peak RSS "
@@ -147,7 +153,8 @@ def run_scale(args) -> int:
             shutil.rmtree(work / f"cache-{pairs}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    summary = {"points": rows, "load_avg_end": os.getloadavg()[0]}
+    summary = {"points": rows, "load_avg_end": os.getloadavg()[0], "vocab_size": args.vocab_size,
+               "bpe_sample": getattr(args, "bpe_sample", None)}
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         summary["corpus_time_ratio"] = b["corpus_seconds"] / a["corpus_seconds"]

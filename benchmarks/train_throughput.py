@@ -45,12 +45,9 @@ What is measured (documented because it decides what the numbers mean):
   system's best (faster) precision.
   speedup_vs_peer = ours / MarianMT at base size, speedup_vs_peer_mini at mini size,
   speedup_vs_onmt_lstm = ours (input feeding) / OpenNMT-py at lstm-mini (and _paper),
-  input_feeding_cost_* = tokens/s without input feeding / with it: all in fp32, as before
-  the precision axis. `<ratio>_best` = the same with each system at its own best precision
-  (e.g. ours in bf16 over MarianMT in bf16). `<ratio>_spread` goes with each.
-A full run takes about 8-10 minutes on 2 idle cores (estimated from the fp32 figures of
-benchmarks/RESULTS.md with bf16 steps at 0.6-0.8x their fp32 time); history of measured
-figures: benchmarks/RESULTS.md.
+  input_feeding_cost_* = tokens/s without input feeding / with it: all in fp32;
+  `<ratio>_best`: each system at its own faster precision; `<ratio>_spread` with each.
+Measured figures and how long a run takes: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
