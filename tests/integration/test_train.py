@@ -126,18 +126,18 @@ def test_a_time_limited_run_ends_with_one_complete_validation_of_its_final_weigh
         def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
             modes.append(pl_module.training)
 
-    from nmtbench import train as train_mod
+    from nmtbench import trainer_setup
 
     cfg = tiny_cfg(TINY_TRANSFORMER + ["test=false", "trainer.max_steps=-1", "trainer.max_epochs=-1",
                                        "trainer.max_time=00:00:00:03", "trainer.val_check_interval=100000",
                                        "trainer.check_val_every_n_epoch=null", "callbacks.bleu.max_len_b=8"])
-    original = train_mod.instantiate_group
+    original = trainer_setup.instantiate_group
 
     def with_recorder(group):
         objects = original(group)
         return [*objects, RecordMode()] if group is not None and "bleu" in group else objects
 
-    monkeypatch.setattr(train_mod, "instantiate_group", with_recorder)
+    monkeypatch.setattr(trainer_setup, "instantiate_group", with_recorder)
     metrics = train(cfg)
     from nmtbench.results_schema import load_results
 
