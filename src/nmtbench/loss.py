@@ -100,9 +100,8 @@ def smoothed_cross_entropy_rows(
 
 def compiled_loss_rows(**compile_kwargs: Any):
     """`smoothed_cross_entropy_rows` through torch.compile (dynamic: the token count changes
-    every batch). On an H200 the eager chunked loss took a third of a Transformer-base step
-    (docs/results.md, GPU check); the compiled one reads the logits a few times instead of a
-    dozen."""
+    every batch): it reads the logits a few times instead of the eager loss's dozen (why it is
+    used on CUDA: docs/performance.md, "Loss")."""
     return torch.compile(smoothed_cross_entropy_rows, dynamic=True, **compile_kwargs)
 
 

@@ -4,7 +4,7 @@ GPUs: the trainer config says (`bf16-mixed` on Ampere and newer, `16-mixed` on V
 
 CPUs differ. On those with native bf16 arithmetic (Intel AMX tiles, or AVX512-BF16 as on
 Intel Cooper Lake / Sapphire Rapids and AMD Zen 4), oneDNN runs bf16 matmuls several times
-faster than fp32 (measured: ~7x with AMX, ~2.5x with AVX512-BF16 on 2 cores), so
+faster than fp32 (docs/performance.md, "Precision on CPU"), so
 `bf16-mixed` (autocast: bf16 matmuls, fp32 weights, optimizer and loss) trains faster. On
 AVX2-only CPUs bf16 is emulated, about 100x slower than fp32. So:
 

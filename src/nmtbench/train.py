@@ -123,9 +123,8 @@ def compile_in_place(module) -> None:
     forward; decoding calls `encode`/`decode` directly and stays eager. `dynamic=True`: token
     batches change shape every step, so one shape-generic graph is compiled up front instead of
     a static one followed by a recompile. On CPU, inductor generates C++ and needs a compiler.
-    On CUDA the label-smoothed loss is compiled too (`compiled_loss_rows`): the eager chunked
-    loss is tuned for CPU caches and took a third of a Transformer-base step on an H200; on CPU
-    the eager one stays.
+    On CUDA the label-smoothed loss is compiled too (`compiled_loss_rows`; docs/performance.md,
+    "Loss"); on CPU the eager one stays.
     """
     if not torch.cuda.is_available() and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")):
         raise ConfigError("compile=true on a CPU-only machine needs a C++ compiler for torch.compile's "
