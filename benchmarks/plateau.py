@@ -106,10 +106,10 @@ def run(args: argparse.Namespace) -> int:
     final = float(np.mean(tail)) if tail else float("nan")
     left = bool(final <= plateau - args.margin)
     print(f"unigram plateau (label-smoothed, eps {eps}, V {vocab}): {plateau:.3f}")
-    for s in (10, 50, 100, 200, 300, 500, steps[-1] if steps else 0):
-        near = min(steps, key=lambda x: abs(x - s)) if steps else None
-        if near is not None and abs(near - s) <= 10:
-            print(f"  step {near:5d}  train/loss {curve[near]:.3f}  ({curve[near] - plateau:+.3f} vs plateau)")
+    shown = sorted({near for s in (10, 50, 100, 200, 300, 500, *steps[-1:])
+                    if steps and abs((near := min(steps, key=lambda x: abs(x - s))) - s) <= 10})
+    for step in shown:
+        print(f"  step {step:5d}  train/loss {curve[step]:.3f}  ({curve[step] - plateau:+.3f} vs plateau)")
     print(f"mean loss of the last 50 steps {final:.3f}: {'left' if left else 'did NOT leave'} the plateau "
           f"(margin {args.margin})")
     if args.json:
