@@ -138,13 +138,13 @@ def run_scale(args) -> int:
         points.insert(0, REFERENCE_PAIRS)
     work = Path(tempfile.mkdtemp(prefix="nmtbench-data-scale-", dir=args.work_dir))
     print(f"[data --pairs] points {points}, {args.num_proc} encoding processes, BPE vocab {args.vocab_size} "
-          f"(sample {getattr(args, 'bpe_sample', None) or 'default'}), "
+          f"(sample {args.bpe_sample or 'default'}), "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; work dir {work}", flush=True)
     rows = []
     try:
         for pairs in points:
             row = prepare_point(data_dir.resolve(), pairs, args.vocab_size, args.num_proc, work,
-                                getattr(args, "bpe_sample", None))
+                                args.bpe_sample)
             rows.append(row)
             print(f"  {pairs:>9,} pairs: {row['seconds']:7.1f} s ({row['pairs_per_s']:,.0f} pairs/s; BPE "
                   f"{row['bpe_seconds'] or float('nan'):.1f} s, corpus pass {row['corpus_seconds']:.1f} s), peak RSS "
@@ -154,7 +154,7 @@ def run_scale(args) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = {"points": rows, "load_avg_end": os.getloadavg()[0], "vocab_size": args.vocab_size,
-               "bpe_sample": getattr(args, "bpe_sample", None)}
+               "bpe_sample": args.bpe_sample}
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         summary["corpus_time_ratio"] = b["corpus_seconds"] / a["corpus_seconds"]

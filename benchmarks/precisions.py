@@ -7,7 +7,7 @@ Every system runs in each precision of `--precisions` on the same batches:
   `bf16-mixed` does (`nmtbench.precision.decoding_context`, the context evaluation and
   translation decode in), the same for every system.
 The default is `fp32,bf16` where the device computes bf16 natively (a CUDA GPU with bf16, or
-a CPU with AMX / AVX512-BF16: `nmtbench.precision.cpu_native_bf16`), else `fp32` alone with
+a CPU with AMX / AVX512-BF16: `nmtbench.precision.native_bf16`), else `fp32` alone with
 the reason: emulated bf16 is about 100x slower and would measure the emulation.
 A system's best precision is the one with the higher median rate over rounds; the `*_best`
 ratios compare each system at its own best precision. `ratios` computes every ratio as its
@@ -23,19 +23,10 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from benchmarks.timing import ratio_over_rounds
-from nmtbench.precision import cpu_native_bf16, decoding_context
+from nmtbench.precision import decoding_context, native_bf16
 
 PRECISIONS = ("fp32", "bf16")
 LIGHTNING = {"fp32": "32-true", "bf16": "bf16-mixed"}  # the project's (Lightning's) names
-
-
-def native_bf16(device: torch.device) -> tuple[bool, str]:
-    """(whether `device` computes bf16 natively, why)."""
-    if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
-        return ok, "the GPU supports bf16" if ok else "the GPU has no bf16"
-    ok, why = cpu_native_bf16()
-    return ok, (f"this CPU computes bf16 natively ({why})" if ok else f"this CPU has {why}")
 
 
 def resolve(requested: str | None, device: torch.device) -> tuple[list[str], str | None]:
@@ -127,5 +118,5 @@ def add_argument(parser) -> None:
                              "computes bf16 natively, else fp32)")
 
 
-__all__ = ["LIGHTNING", "PRECISIONS", "add_argument", "best", "context", "native_bf16", "ratio_lines", "ratios",
+__all__ = ["LIGHTNING", "PRECISIONS", "add_argument", "best", "context", "ratio_lines", "ratios",
            "resolve", "system_entry"]

@@ -51,6 +51,16 @@ def cpu_native_bf16() -> tuple[bool, str]:
     return False, "neither AMX nor AVX512-BF16 (bf16 is emulated, about 100x slower than fp32)"
 
 
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """(whether `device` computes bf16 natively, why): a CUDA GPU with bf16, or a CPU with AMX /
+    AVX512-BF16 (`cpu_native_bf16`)."""
+    if device.type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, "the GPU supports bf16" if ok else "the GPU has no bf16"
+    ok, why = cpu_native_bf16()
+    return ok, (f"this CPU computes bf16 natively ({why})" if ok else f"this CPU has {why}")
+
+
 def _matmul_seconds(dtype: torch.dtype, n: int = 512, repeats: int = 3) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
@@ -90,8 +100,7 @@ def decoding_precision(requested: str, device: torch.device, trained: str = "32-
         return requested
     trained = str(trained)
     if trained in BF16:
-        native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_native_bf16()[0]
-        return "bf16-mixed" if native else "32-true"
+        return "bf16-mixed" if native_bf16(device)[0] else "32-true"
     if trained in FP16 and device.type == "cuda":
         return "16-mixed"
     return "32-true"
@@ -108,4 +117,4 @@ def decoding_context(precision: str, device: torch.device) -> Iterator[None]:
         yield
 
 
-__all__ = ["AUTO", "cpu_native_bf16", "decoding_context", "decoding_precision", "resolve_precision"]
+__all__ = ["AUTO", "cpu_native_bf16", "decoding_context", "decoding_precision", "native_bf16", "resolve_precision"]

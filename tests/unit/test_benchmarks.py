@@ -97,9 +97,9 @@ def test_decode_ratios_and_rounds():
 
 def test_precisions_default_to_fp32_and_bf16_only_where_bf16_is_native(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(precisions, "cpu_native_bf16", lambda: (True, "AVX512-BF16"))
+    monkeypatch.setattr("nmtbench.precision.cpu_native_bf16", lambda: (True, "AVX512-BF16"))
     assert precisions.resolve(None, cpu) == (["fp32", "bf16"], None)
-    monkeypatch.setattr(precisions, "cpu_native_bf16", lambda: (False, "neither AMX nor AVX512-BF16"))
+    monkeypatch.setattr("nmtbench.precision.cpu_native_bf16", lambda: (False, "neither AMX nor AVX512-BF16"))
     chosen, note = precisions.resolve(None, cpu)
     assert chosen == ["fp32"] and "fp32 only" in note and "neither AMX" in note
     chosen, note = precisions.resolve("bf16,fp32", cpu)  # asked for: run, and say it is emulated
