@@ -68,3 +68,24 @@ def tiny_train_config(tmp_path: Path, overrides: list[str] | None = None) -> Dic
 @pytest.fixture
 def tiny_cfg(tmp_path):
     return lambda overrides=None: tiny_train_config(tmp_path, overrides)
+
+
+# Rendezvous variables a DDP run leaves behind. Lightning's spawn launcher writes MASTER_PORT
+# into this process's os.environ (lightning/pytorch/strategies/launchers/multiprocessing.py),
+# so without a reset every later DDP run in the session, in-process or a subprocess inheriting
+# the environment, rendezvous on that one port, and a process of an earlier test still
+# holding it would make the next run wait for clients that never come.
+_RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK",
+                   "GROUP_RANK", "LOCAL_WORLD_SIZE")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rendezvous():
+    """Each test starts with the rendezvous variables the session started with (a free port each)."""
+    before = {k: os.environ.get(k) for k in _RENDEZVOUS_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
