@@ -55,7 +55,7 @@ def native_bf16(device: torch.device) -> tuple[bool, str]:
     """(whether `device` computes bf16 natively, why): a CUDA GPU with bf16, or a CPU with AMX /
     AVX512-BF16 (`cpu_native_bf16`)."""
     if device.type == "cuda":
-        ok = torch.cuda.is_bf16_supported()
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return ok, "the GPU supports bf16" if ok else "the GPU has no bf16"
     ok, why = cpu_native_bf16()
     return ok, (f"this CPU computes bf16 natively ({why})" if ok else f"this CPU has {why}")
@@ -73,19 +73,15 @@ def _matmul_seconds(dtype: torch.dtype, n: int = 512, repeats: int = 3) -> float
 def resolve_precision(requested: str, on_gpu: bool) -> tuple[str, str]:
     """(the Lightning precision to use, why) for `trainer.precision=requested`."""
     requested = str(requested)
-    if on_gpu:
-        if requested == AUTO:
-            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            return ("bf16-mixed", "the GPU supports bf16") if bf16 else ("16-mixed", "the GPU has no bf16: fp16 with loss scaling")
+    if on_gpu and requested != AUTO:
         return requested, "as configured"
-    native, why = cpu_native_bf16()
+    native, why = native_bf16(torch.device("cuda" if on_gpu else "cpu"))
+    if on_gpu:
+        return ("bf16-mixed", why) if native else ("16-mixed", f"{why}: fp16 with loss scaling")
     if requested == AUTO:
-        if native:
-            return "bf16-mixed", f"this CPU computes bf16 natively ({why}): bf16 matmuls, fp32 weights"
-        return "32-true", f"this CPU has {why}"
+        return ("bf16-mixed", f"{why}: bf16 matmuls, fp32 weights") if native else ("32-true", why)
     if requested in BF16 and not native:
-        return "32-true", (f"trainer.precision={requested} was asked for, but this CPU has {why}; "
-                           "training runs in 32-true instead")
+        return "32-true", f"trainer.precision={requested} was asked for, but {why}; training runs in 32-true instead"
     if requested in FP16:
         return "32-true", (f"trainer.precision={requested} needs a GPU (CPUs have no fast fp16 matmul); "
                            "training runs in 32-true instead")
