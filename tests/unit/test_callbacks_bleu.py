@@ -116,6 +116,22 @@ def test_test_scores_equal_sacrebleu():
     assert (cb.test_scores["weights"], cb.test_scores["global_step"]) == ("current", 10)
 
 
+def test_test_writes_translations_in_test_order(tmp_path):
+    """The files beside results.json hold every test sentence once, in test-set order (the batches
+    arrive shuffled), so the sacrebleu CLI on them gives the score the run recorded."""
+    cb, trainer, module = BleuCallback(num_examples=0, output_dir=str(tmp_path)), fake_trainer(), FakeModule()
+    cb.on_test_start(trainer, module)
+    cb.on_test_epoch_start(trainer, module)
+    for i, batch in enumerate(batches()):
+        cb.on_test_batch_end(trainer, module, None, batch, i)
+    cb.on_test_epoch_end(trainer, module)
+    hyps = (tmp_path / "test_hypotheses.current.txt").read_text(encoding="utf-8").splitlines()
+    refs = (tmp_path / "test_references.txt").read_text(encoding="utf-8").splitlines()
+    assert (hyps, refs) == (HYPS, REFS)
+    assert sacrebleu.corpus_bleu(hyps, [refs]).score == pytest.approx(cb.test_scores["sacrebleu"], abs=1e-9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test_hypotheses.current.txt", "test_references.txt"]
+
+
 def test_tested_weights(tmp_path):
     import torch as T
 

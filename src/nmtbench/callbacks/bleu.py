@@ -15,6 +15,10 @@ paper-style tokenized BLEU. Each `trainer.test()` adds one record to `test_evalu
 with the weights it used: `trainer.ckpt_path` at test start (none = the current weights),
 and whether that file is the best or last checkpoint of ModelCheckpoint or an average
 (`averaged_from` in the file, written by `nmtbench.checkpoints.save_averaged`).
+Each test also writes its translations beside results.json (`output_dir`), so the score can be
+checked with the sacrebleu CLI without decoding again:
+`test_hypotheses.<weights>.txt` (detokenized, one line per test sentence, in test-set order)
+and `test_references.txt`; e.g. `sacrebleu test_references.txt -i test_hypotheses.best.txt`.
 """
 
 from __future__ import annotations
@@ -145,8 +149,10 @@ class BleuCallback(MeasurementCallback):
                         "best_val_paper_bleu": None, **dict.fromkeys(TEST_FIELDS), "test_evaluations": []}
 
     def __init__(self, beam_size: int = 1, max_sentences: int | None = None, num_examples: int = 4,
-                 test_beam_size: int = 4, length_penalty: float = 0.6, max_len_b: int = 50):
+                 test_beam_size: int = 4, length_penalty: float = 0.6, max_len_b: int = 50,
+                 output_dir: str | None = None):
         super().__init__()
+        self.output_dir = output_dir  # test translations go here; None = trainer.default_root_dir
         self.beam_size = beam_size
         self.max_sentences = max_sentences
         self.num_examples = num_examples
@@ -270,7 +276,22 @@ class BleuCallback(MeasurementCallback):
                                      "length_penalty": self.length_penalty})
             log.info("test (%s weights) sacreBLEU %.2f (%s); paper-style BLEU %.2f",
                      self._testing.get("weights"), scores["sacrebleu"], scores["signature"], scores["paper_bleu"])
+            self._write_translations(trainer, hyps, [refs[i] for i, _ in outputs])
         pl_module.log("test/bleu", bleu, sync_dist=True)  # equal on every rank; the mean keeps it
+
+    def _write_translations(self, trainer, hyps: list[str], refs: list[str]) -> None:
+        """`test_hypotheses.<weights>.txt` and `test_references.txt` in the output directory."""
+        from nmtbench.atomic import atomic_file
+
+        out = self.output_dir or getattr(trainer, "default_root_dir", None)
+        if out is None:
+            return
+        weights = self._testing.get("weights") or "current"
+        for name, lines in ((f"test_hypotheses.{weights}.txt", hyps), ("test_references.txt", refs)):
+            with atomic_file(Path(out) / name, "w") as f:
+                f.write("".join(line + "\n" for line in lines))
+        log.info("test translations: %s (check: sacrebleu %s -i %s)", Path(out) / f"test_hypotheses.{weights}.txt",
+                 Path(out) / "test_references.txt", Path(out) / f"test_hypotheses.{weights}.txt")
 
     @property
     def test_scores(self) -> dict[str, Any] | None:
