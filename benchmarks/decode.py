@@ -147,7 +147,8 @@ def run_nmtbench(model, batches, beam_size: int, use_cache: bool, precision: str
 
 def run_hf(model, batches, beam_size: int, precision: str = "fp32") -> tuple[float, int]:
     tokens, device = 0, batches[0][0].device
-    with torch.inference_mode(), Stopwatch(device) as watch, precisions.context(precision, device):
+    # no_grad, as generate() itself uses: under inference_mode autocast re-casts every weight every step
+    with torch.no_grad(), Stopwatch(device) as watch, precisions.context(precision, device):
         for src, lens in batches:
             steps = int(lens.max())
             mask = (torch.arange(src.size(1))[None] < lens[:, None]).long()

@@ -93,7 +93,7 @@ def _select(memory: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
     return {k: v.index_select(0, index) for k, v in memory.items()}
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: there autocast re-casts every weight at every step
 def greedy_search(
     model: nn.Module, src: Tensor, src_lens: Tensor, *, bos_id: int, eos_id: int, pad_id: int,
     max_len_b: int = 50, use_cache: bool = True,
@@ -125,7 +125,7 @@ def greedy_search(
     return hyps
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: there autocast re-casts every weight at every step
 def beam_search(
     model: nn.Module, src: Tensor, src_lens: Tensor, *, bos_id: int, eos_id: int, pad_id: int,
     beam_size: int = 4, length_penalty: float = 0.6, max_len_b: int = 50, use_cache: bool = True,
