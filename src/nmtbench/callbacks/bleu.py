@@ -269,14 +269,14 @@ class BleuCallback(MeasurementCallback):
         outputs = sorted(gather_objects(self._outputs))
         if trainer.is_global_zero:
             _, refs = trainer.datamodule.raw_text("test")
-            hyps = [h for _, h in outputs]
-            scores = corpus_scores(hyps, [refs[i] for i, _ in outputs], lang=self._lang(trainer))
+            hyps, test_refs = [h for _, h in outputs], [refs[i] for i, _ in outputs]
+            scores = corpus_scores(hyps, test_refs, lang=self._lang(trainer))
             scores.update({k: _percent(scores[k]) for k in ("sacrebleu", "paper_bleu", "chrf")})
             self.evaluations.append({**self._testing, **scores, "beam_size": self.test_beam_size,
                                      "length_penalty": self.length_penalty})
             log.info("test (%s weights) sacreBLEU %.2f (%s); paper-style BLEU %.2f",
                      self._testing.get("weights"), scores["sacrebleu"], scores["signature"], scores["paper_bleu"])
-            self._write_translations(trainer, hyps, [refs[i] for i, _ in outputs])
+            self._write_translations(trainer, hyps, test_refs)
         pl_module.log("test/bleu", bleu, sync_dist=True)  # equal on every rank; the mean keeps it
 
     def _write_translations(self, trainer, hyps: list[str], refs: list[str]) -> None:
@@ -286,12 +286,12 @@ class BleuCallback(MeasurementCallback):
         out = self.output_dir or getattr(trainer, "default_root_dir", None)
         if out is None:
             return
-        weights = self._testing.get("weights") or "current"
-        for name, lines in ((f"test_hypotheses.{weights}.txt", hyps), ("test_references.txt", refs)):
-            with atomic_file(Path(out) / name, "w") as f:
+        hyp_path = Path(out) / f"test_hypotheses.{self._testing.get('weights') or 'current'}.txt"
+        ref_path = Path(out) / "test_references.txt"
+        for path, lines in ((hyp_path, hyps), (ref_path, refs)):
+            with atomic_file(path, "w") as f:
                 f.write("".join(line + "\n" for line in lines))
-        log.info("test translations: %s (check: sacrebleu %s -i %s)", Path(out) / f"test_hypotheses.{weights}.txt",
-                 Path(out) / "test_references.txt", Path(out) / f"test_hypotheses.{weights}.txt")
+        log.info("test translations: %s (check: sacrebleu %s -i %s)", hyp_path, ref_path, hyp_path)
 
     @property
     def test_scores(self) -> dict[str, Any] | None:
