@@ -4,6 +4,7 @@ token counts are summed over both ranks and both ranks log the same val/paper_bl
 
 from __future__ import annotations
 
+import atexit
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from nmtbench.callbacks.throughput import ThroughputCallback
 from nmtbench.callbacks.wallclock import WallClockCallback
 from nmtbench.results_schema import load_results, validate_results
 from nmtbench.scoring import paper_bleu
+from nmtbench.train import end_process_group
 from tests.unit.test_callbacks_results import (
     CFG,
     REFS,
@@ -95,6 +97,13 @@ class RankMetrics(L.Callback):
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
+
+    def setup(self, trainer, pl_module, stage):
+        # What scripts/train.py does at the end of a run (nmtbench.train.end_process_group):
+        # Lightning destroys only an NCCL group at exit, and a gloo group left to the
+        # interpreter's shutdown can abort a spawned rank (SIGABRT, "terminate called without
+        # an active exception"; pytorch/pytorch#190489). atexit runs in the rank before that.
+        atexit.register(end_process_group)
 
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking:
