@@ -23,7 +23,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from filelock import FileLock, Timeout
 
@@ -71,6 +71,22 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_lines(path: str | os.PathLike, lines: Iterable[str]) -> None:
+    """Write one item per line (UTF-8 whatever the locale, each ended by a newline) to `path`,
+    atomically: the form the sacrebleu CLI reads. A line break inside an item would shift every
+    later line against its reference, so it becomes a space (the same tokens for BLEU and
+    chrF), with a warning that counts them."""
+    lines = list(lines)
+    broken = [i for i, line in enumerate(lines) if "\n" in line or "\r" in line]
+    if broken:
+        log.warning("%s: %d item(s) contain a line break (first: item %d); written with spaces in its place "
+                    "so that line i stays sentence i", os.fspath(path), len(broken), broken[0])
+        for i in broken:
+            lines[i] = " ".join(lines[i].splitlines())
+    with atomic_file(path, "wb") as f:
+        f.write("".join(line + "\n" for line in lines).encode("utf-8"))
 
 
 class atomic_dir:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from nmtbench.atomic import write_lines
 from nmtbench.checkpoints import load_checkpoint
 from nmtbench.config import to_container
 from nmtbench.errors import CheckpointError, ConfigError, DataError
@@ -142,8 +143,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "hypotheses.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    (out / "references.txt").write_text("".join(r + "\n" for r in refs), encoding="utf-8")
+    write_lines(out / "hypotheses.txt", hyps)
+    write_lines(out / "references.txt", refs)
     (out / "scores.json").write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"[evaluate] {cfg.split}: {len(hyps)} sentences, beam {cfg.beam_size}, lp {cfg.length_penalty}, {precision} "
           f"({seconds:.1f} s, {scores['sentences_per_sec']:.1f} sentences/s)")
@@ -178,11 +179,10 @@ def translate(cfg: DictConfig) -> list[str]:
         hyps = translate_lines(module, text.splitlines(), beam_size=int(cfg.beam_size),
                                length_penalty=float(cfg.length_penalty), max_len_b=int(cfg.max_len_b),
                                max_tokens=int(cfg.max_tokens))
-    out = "".join(h + "\n" for h in hyps)
     if cfg.get("output"):
-        Path(cfg.output).write_text(out, encoding="utf-8")
+        write_lines(cfg.output, hyps)
     else:
-        sys.stdout.write(out)
+        sys.stdout.write("".join(h + "\n" for h in hyps))
     return hyps
 
 

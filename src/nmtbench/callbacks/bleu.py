@@ -281,16 +281,15 @@ class BleuCallback(MeasurementCallback):
 
     def _write_translations(self, trainer, hyps: list[str], refs: list[str]) -> None:
         """`test_hypotheses.<weights>.txt` and `test_references.txt` in the output directory."""
-        from nmtbench.atomic import atomic_file
+        from nmtbench.atomic import write_lines
 
         out = self.output_dir or getattr(trainer, "default_root_dir", None)
         if out is None:
             return
         hyp_path = Path(out) / f"test_hypotheses.{self._testing.get('weights') or 'current'}.txt"
         ref_path = Path(out) / "test_references.txt"
-        for path, lines in ((hyp_path, hyps), (ref_path, refs)):
-            with atomic_file(path, "w") as f:
-                f.write("".join(line + "\n" for line in lines))
+        write_lines(hyp_path, hyps)
+        write_lines(ref_path, refs)
         log.info("test translations: %s (check: sacrebleu %s -i %s)", hyp_path, ref_path, hyp_path)
 
     @property
