@@ -36,8 +36,9 @@ def fresh_validation(ckpt_path: str) -> dict[str, float]:
     _, refs = datamodule.raw_text("valid")
     max_sentences = bleu_cfg.get("max_sentences")
     loss_sum, tokens, hyps = 0.0, 0, {}
-    # The precision the run trained and validated in (its resolved trainer.precision).
-    with torch.inference_mode(), decoding_context(cfg["trainer"]["precision"], torch.device("cpu")):
+    # The precision the run trained and validated in (its resolved trainer.precision); no_grad
+    # as validation (trainer.inference_mode: false).
+    with torch.no_grad(), decoding_context(cfg["trainer"]["precision"], torch.device("cpu")):
         for batch in datamodule.val_dataloader():
             loss, _, ntok = label_smoothed_loss(module(batch), batch["tgt_out"], module.pad_id,
                                                 module.label_smoothing)
