@@ -46,8 +46,8 @@ class _RecordsGradMode(L.LightningModule):
 
 @pytest.mark.parametrize("trainer_name", ["cpu", "default"])
 def test_validation_and_test_run_under_no_grad_not_inference_mode(trainer_name, tmp_path):
-    """Under inference_mode autocast re-casts every weight at every decoding step (it caches
-    casts only outside it): the configs turn Lightning's default off."""
+    """The configs turn Lightning's default (inference_mode) off, so validation and test decode
+    as evaluate.py and translate.py do (no_grad, where autocast caches its weight casts)."""
     cfg = compose_config([f"trainer={trainer_name}", f"paths.output_dir={tmp_path}"])
     fit_machine(cfg)  # resolves trainer=cpu's precision: auto, as train() does
     trainer = hydra.utils.instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False,
