@@ -261,3 +261,42 @@ def test_sdpa_is_causal_path_equals_masked_reference(monkeypatch, pre_norm):
     k, v = attn.project_kv(x)
     torch.testing.assert_close(attn(x, k, v, None, is_causal=True),
                                attn(x, k, v, torch.ones(6, 6, dtype=torch.bool).tril()))
+
+
+@pytest.mark.parametrize("queries", [1, 4])
+def test_step_attention_equals_sdpa(queries):
+    """Decoding steps on CPU attend through two matmuls (`_step_attention`) instead of SDPA:
+    the same outputs as SDPA with a padding mask, for one query (self-attention, greedy) and
+    K queries (a sentence's beams against its shared memory); in bf16 within bf16 rounding."""
+    from nmtbench.models.transformer import _step_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 4, n, 8, generator=g) for n in (queries, 7, 7))
+    mask = (torch.arange(7)[None] < torch.tensor([7, 2, 5])[:, None])[:, None, None, :]
+    for m in (mask, None):
+        torch.testing.assert_close(_step_attention(q, k, v, m),
+                                   F.scaled_dot_product_attention(q, k, v, attn_mask=m), atol=1e-6, rtol=1e-5)
+    bf = [t.bfloat16() for t in (q, k, v)]
+    torch.testing.assert_close(_step_attention(*bf, mask).float(),
+                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=4e-2, rtol=2e-2)
+
+
+def test_decoding_steps_on_cpu_do_not_call_sdpa(monkeypatch):
+    """The kernel choice itself: teacher forcing goes through SDPA, incremental steps on CPU
+    (eval mode) do not; in training mode (attention dropout) steps keep SDPA."""
+    model = tiny()
+    src, src_lens, tgt, _ = batch()
+    memory = model.encode(src, src_lens)
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
+    model.decode(tgt, memory)
+    assert len(calls) == 4  # 2 layers x (self + cross)
+    calls.clear()
+    cache: dict = {}
+    for t in range(1, 4):
+        _, cache = model.decode(tgt[:, :t], memory, cache)
+    assert calls == []
+    model.train()
+    model.decode(tgt[:, :4], memory, cache)
+    assert len(calls) == 4

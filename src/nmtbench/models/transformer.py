@@ -10,18 +10,15 @@ F d_ff, V vocabulary.
 
 Memory (`encode`): {"src_mask": (B, S) bool, True = real token} and, per decoder layer, the
 encoder-decoder attention keys/values "dec{i}.cross_k" / "dec{i}.cross_v" (B, H, S, Dh),
-projected once per sentence. They live in the memory rather than in the cache because the
-beams of a sentence share them: beam search reorders the cache every step but the memory
-only when finished sentences leave the batch (docs/performance.md). The encoder output itself is not kept (no
-decoder step reads it; `encoder_states` returns it). `shares_memory_across_beams`: `decode`
-also accepts a memory of B sentences for B * k token rows (row r belongs to sentence r // k),
-so beam search never copies the memory per beam: cross-attention then runs the k beams of a
-sentence as k query positions against one copy of its keys/values (4x less memory traffic at
-beam 4).
+projected once per sentence; they live in the memory, not the cache, because the beams of a
+sentence share them (the memory changes only when sentences leave the batch). The encoder
+output is not kept (`encoder_states` returns it). `shares_memory_across_beams`: `decode` also
+accepts B memory rows for B * k token rows (row r belongs to sentence r // k): cross-attention
+runs a sentence's k beams as k query positions against one copy of its keys/values.
 
-Attention runs through `F.scaled_dot_product_attention`: the decoder's teacher-forced
-self-attention passes `is_causal=True` instead of a (T, T) mask, so SDPA's fused kernels skip
-the masked half of the scores; padding masks are boolean (True = attend).
+Attention runs through `F.scaled_dot_product_attention` (teacher-forced self-attention with
+`is_causal=True`, no (T, T) mask; boolean padding masks, True = attend), except decoding steps
+on CPU (`_step_attention`). docs/performance.md has the measurements behind these choices.
 
 Decoder cache (incremental decoding, see `decode`): a flat dict of tensors, all batch-first,
     "dec{i}.self_k" / "dec{i}.self_v"   (B, H, t, Dh)  self-attention keys/values of the prefix
@@ -106,13 +103,26 @@ class MultiHeadAttention(nn.Module):
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (B, L, D) -> 2 x (B, H, L, Dh)
         return self._split(self.k_proj(x)), self._split(self.v_proj(x))
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool = False,
+                step: bool = False) -> Tensor:
         # x (B, L, D); k, v (B, H, M, Dh); mask bool, True = attend, broadcast to (B, H, L, M);
-        # is_causal: position i attends to 0..i (L == M), mask must be None
+        # is_causal: i attends to 0..i (L == M, mask None); step: incremental decoding (L <= K)
         q = self._split(self.q_proj(x))  # (B, H, L, Dh)
-        p = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        if step and q.device.type == "cpu" and not self.training:
+            out = _step_attention(q, k, v, mask)
+        else:
+            p = self.attention_dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
         return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, L, D)
+
+
+def _step_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(q k^T / sqrt(Dh)) v as two matmuls (softmax in fp32) for a decoding step's 1-K
+    query rows on CPU, where SDPA's flash kernel is 3-4x slower (docs/performance.md)."""
+    scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-2, -1))  # (B, H, L, M)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -torch.inf)
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype), v)
 
 
 class FeedForward(nn.Module):
@@ -190,16 +200,16 @@ class DecoderLayer(nn.Module):
                 if keys[0] in cache:  # append the new position, applying a pending reorder
                     k, v = (_append(cache[key], new, reorder) for key, new in zip(keys, (k, v)))
                 cache[keys[0]], cache[keys[1]] = k, v
-            return self.self_attn(h, k, v, None, is_causal=cache is None)
+            return self.self_attn(h, k, v, None, is_causal=cache is None, step=cache is not None)
 
         def cross_attention(h: Tensor) -> Tensor:
             k, v = memory[f"{self.name}.cross_k"], memory[f"{self.name}.cross_v"]  # (Bm, H, S, Dh)
             mask = memory["src_mask"][:, None, None, :]  # (Bm, 1, 1, S)
             beams = h.size(0) // k.size(0)  # token rows per memory row (beam search: k)
             if beams == 1:
-                return self.cross_attn(h, k, v, mask)
+                return self.cross_attn(h, k, v, mask, step=cache is not None)
             # (Bm * k, t, D) -> (Bm, k * t, D): a sentence's beams become extra query positions
-            out = self.cross_attn(h.reshape(k.size(0), -1, h.size(-1)), k, v, mask)
+            out = self.cross_attn(h.reshape(k.size(0), -1, h.size(-1)), k, v, mask, step=cache is not None)
             return out.reshape(h.shape)
 
         x = self._sublayer(x, self.norm1, self_attention)
@@ -321,19 +331,15 @@ class TransformerSeq2Seq(nn.Module):
         return {**cache, REORDER: index if pending is None else pending.index_select(0, index)}
 
     def flops_per_batch(self, src_lens: Tensor, tgt_lens: Tensor) -> float:
-        """Analytic training FLOPs (forward + backward = 3 x forward) of one batch.
-
-        Counts 2*m*n*k for every matmul: Q/K/V/O projections, attention scores and the
-        weighted sum, FFN, output projection. Uses each sequence's own (unpadded) lengths S_i,
-        T_i, i.e. the useful work; a padded batch executes more. Attention is counted over the
-        full S x S / T x T / T x S score matrices (the usual convention, although SDPA's causal
-        kernels may skip the masked half).
-        Embedding lookups, softmax, LayerNorm, biases and activations are ignored (O(L*D)).
-        """
+        """Analytic training FLOPs (forward + backward = 3 x forward) of one batch: 2*m*n*k for
+        every matmul (Q/K/V/O projections, attention scores and weighted sum, FFN, output
+        projection) at each sequence's own (unpadded) lengths S_i, T_i, i.e. the useful work (a
+        padded batch executes more). Attention counts the full S x S / T x T / T x S scores
+        (the usual convention, although SDPA's causal kernels may skip the masked half).
+        Embedding lookups, softmax, LayerNorm, biases and activations are ignored (O(L*D))."""
         c = self.cfg
         D, F_, V = c.d_model, c.d_ff, self.vocab_size
-        S = src_lens.double()
-        T = tgt_lens.double()
+        S, T = src_lens.double(), tgt_lens.double()
         proj, ffn = 2 * D * D, 2 * 2 * D * F_  # per token: one D x D projection, the FFN
         enc = c.num_encoder_layers * (S * (4 * proj + ffn) + 2 * 2 * S * S * D)
         dec_self = 4 * proj * T + 2 * 2 * T * T * D
