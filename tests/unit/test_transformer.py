@@ -263,40 +263,68 @@ def test_sdpa_is_causal_path_equals_masked_reference(monkeypatch, pre_norm):
                                attn(x, k, v, torch.ones(6, 6, dtype=torch.bool).tril()))
 
 
-@pytest.mark.parametrize("queries", [1, 4])
-def test_step_attention_equals_sdpa(queries):
-    """Decoding steps on CPU attend through two matmuls (`_step_attention`) instead of SDPA:
-    the same outputs as SDPA with a padding mask, for one query (self-attention, greedy) and
-    K queries (a sentence's beams against its shared memory); in bf16 within bf16 rounding."""
-    from nmtbench.models.transformer import _step_attention
+@pytest.mark.parametrize("queries", [1, 4, 7])
+def test_matmul_attention_equals_sdpa(queries):
+    """bf16 attention on CPU runs as two matmuls (`_matmul_attention`): SDPA's outputs and
+    gradients for padding masks, causal masking and no mask, with 1 query (a decoding step),
+    K (a sentence's beams on its shared memory) or as many as keys; checked in fp32, where
+    the two must agree tightly, and in bf16 within its rounding."""
+    from nmtbench.models.transformer import _matmul_attention
 
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(3, 4, n, 8, generator=g) for n in (queries, 7, 7))
+    q0, k0, v0 = (torch.randn(3, 4, n, 8, generator=g) for n in (queries, 7, 7))
     mask = (torch.arange(7)[None] < torch.tensor([7, 2, 5])[:, None])[:, None, None, :]
-    for m in (mask, None):
-        torch.testing.assert_close(_step_attention(q, k, v, m),
-                                   F.scaled_dot_product_attention(q, k, v, attn_mask=m), atol=1e-6, rtol=1e-5)
-    bf = [t.bfloat16() for t in (q, k, v)]
-    torch.testing.assert_close(_step_attention(*bf, mask).float(),
-                               F.scaled_dot_product_attention(q, k, v, attn_mask=mask), atol=4e-2, rtol=2e-2)
+    cases = [dict(mask=mask), dict(mask=None)] + ([dict(mask=None, is_causal=True)] if queries == 7 else [])
+    for case in cases:
+        grads = []
+        for fn in (_matmul_attention, None):
+            q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+            if fn is None:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=case["mask"],
+                                                     is_causal=case.get("is_causal", False))
+            else:
+                out = fn(q, k, v, case["mask"], case.get("is_causal", False), 0.0)
+            out.pow(2).sum().backward()
+            grads.append([out.detach(), q.grad, k.grad, v.grad])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        bf = [t.bfloat16() for t in (q0, k0, v0)]
+        torch.testing.assert_close(_matmul_attention(*bf, case["mask"], case.get("is_causal", False), 0.0).float(),
+                                   grads[1][0], atol=4e-2, rtol=2e-2)
 
 
-def test_decoding_steps_on_cpu_do_not_call_sdpa(monkeypatch):
-    """The kernel choice itself: teacher forcing goes through SDPA, incremental steps on CPU
-    (eval mode) do not; in training mode (attention dropout) steps keep SDPA."""
+def test_bf16_attention_on_cpu_does_not_call_sdpa(monkeypatch):
+    """The kernel choice itself: fp32 attention goes through SDPA, bf16 (autocast) on CPU does
+    not, in teacher forcing and in decoding steps; and the bf16 decoding steps give the
+    teacher-forced logits within bf16 rounding."""
     model = tiny()
     src, src_lens, tgt, _ = batch()
-    memory = model.encode(src, src_lens)
     calls = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
-    model.decode(tgt, memory)
-    assert len(calls) == 4  # 2 layers x (self + cross)
+    model.decode(tgt, model.encode(src, src_lens))
+    assert len(calls) == 2 + 4  # encoder self, decoder self + cross, 2 layers each
     calls.clear()
-    cache: dict = {}
-    for t in range(1, 4):
-        _, cache = model.decode(tgt[:, :t], memory, cache)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        memory = model.encode(src, src_lens)
+        full, _ = model.decode(tgt, memory)
+        cache: dict = {}
+        steps = []
+        for t in range(1, tgt.size(1) + 1):
+            logits, cache = model.decode(tgt[:, :t], memory, cache)
+            steps.append(logits)
     assert calls == []
-    model.train()
-    model.decode(tgt[:, :4], memory, cache)
-    assert len(calls) == 4
+    torch.testing.assert_close(torch.cat(steps, 1).float(), full.float(), atol=0.1, rtol=0.05)
+
+
+def test_bf16_attention_dropout_applies_in_training_only():
+    model = tiny(attention_dropout=0.5)
+    src, src_lens, tgt, _ = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eval_out = model(src, src_lens, tgt)
+        assert torch.equal(eval_out, model(src, src_lens, tgt))
+        model.train()
+        model.dropout.p = 0.0  # only attention dropout left
+        for layer in [*model.encoder, *model.decoder]:
+            layer.dropout.p = 0.0
+        assert not torch.allclose(model(src, src_lens, tgt), eval_out)

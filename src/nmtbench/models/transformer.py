@@ -17,8 +17,8 @@ accepts B memory rows for B * k token rows (row r belongs to sentence r // k): c
 runs a sentence's k beams as k query positions against one copy of its keys/values.
 
 Attention runs through `F.scaled_dot_product_attention` (teacher-forced self-attention with
-`is_causal=True`, no (T, T) mask; boolean padding masks, True = attend), except decoding steps
-on CPU (`_step_attention`). docs/performance.md has the measurements behind these choices.
+`is_causal=True`, no (T, T) mask; boolean padding masks, True = attend), except in bf16 on
+CPU (`_matmul_attention`). docs/performance.md has the measurements behind these choices.
 
 Decoder cache (incremental decoding, see `decode`): a flat dict of tensors, all batch-first,
     "dec{i}.self_k" / "dec{i}.self_v"   (B, H, t, Dh)  self-attention keys/values of the prefix
@@ -27,9 +27,8 @@ Decoder cache (incremental decoding, see `decode`): a flat dict of tensors, all 
 `decode` gathers them straight into the tensor that also receives the new position, so the
 prefix is copied once per step instead of twice (index_select, then cat).
 
-The model keeps no state derived from its weights between calls (no cached transposed output
-matrix, no pre-cast copies): whatever updates the parameters, in place or not, the next call
-uses them (docs/performance.md, "Decoding steps").
+The model keeps no state derived from its weights between calls (no cached output matrix or
+pre-cast copies): the next call uses the parameters as they are (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -103,26 +102,28 @@ class MultiHeadAttention(nn.Module):
     def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:  # (B, L, D) -> 2 x (B, H, L, Dh)
         return self._split(self.k_proj(x)), self._split(self.v_proj(x))
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool = False,
-                step: bool = False) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool = False) -> Tensor:
         # x (B, L, D); k, v (B, H, M, Dh); mask bool, True = attend, broadcast to (B, H, L, M);
-        # is_causal: i attends to 0..i (L == M, mask None); step: incremental decoding (L <= K)
+        # is_causal: position i attends to 0..i (L == M), mask must be None
         q = self._split(self.q_proj(x))  # (B, H, L, Dh)
-        if step and q.device.type == "cpu" and not self.training:
-            out = _step_attention(q, k, v, mask)
+        p = self.attention_dropout if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype != torch.float32:
+            out = _matmul_attention(q, k, v, mask, is_causal, p)
         else:
-            p = self.attention_dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
         return self.out_proj(out.transpose(1, 2).flatten(2))  # (B, L, D)
 
 
-def _step_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """softmax(q k^T / sqrt(Dh)) v as two matmuls (softmax in fp32) for a decoding step's 1-K
-    query rows on CPU, where SDPA's flash kernel is 3-4x slower (docs/performance.md)."""
+def _matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, p: float) -> Tensor:
+    """SDPA's semantics as two matmuls (softmax in fp32) for bf16 on CPU, where SDPA's flash
+    kernel was 3-7x slower, forward and backward (docs/performance.md)."""
     scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-2, -1))  # (B, H, L, M)
+    if is_causal:  # mask the future: j > i
+        scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1), -torch.inf)
     if mask is not None:
         scores = scores.masked_fill(~mask, -torch.inf)
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype), v)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    return torch.matmul((F.dropout(probs, p) if p else probs).to(v.dtype), v)
 
 
 class FeedForward(nn.Module):
@@ -200,16 +201,16 @@ class DecoderLayer(nn.Module):
                 if keys[0] in cache:  # append the new position, applying a pending reorder
                     k, v = (_append(cache[key], new, reorder) for key, new in zip(keys, (k, v)))
                 cache[keys[0]], cache[keys[1]] = k, v
-            return self.self_attn(h, k, v, None, is_causal=cache is None, step=cache is not None)
+            return self.self_attn(h, k, v, None, is_causal=cache is None)
 
         def cross_attention(h: Tensor) -> Tensor:
             k, v = memory[f"{self.name}.cross_k"], memory[f"{self.name}.cross_v"]  # (Bm, H, S, Dh)
             mask = memory["src_mask"][:, None, None, :]  # (Bm, 1, 1, S)
             beams = h.size(0) // k.size(0)  # token rows per memory row (beam search: k)
             if beams == 1:
-                return self.cross_attn(h, k, v, mask, step=cache is not None)
+                return self.cross_attn(h, k, v, mask)
             # (Bm * k, t, D) -> (Bm, k * t, D): a sentence's beams become extra query positions
-            out = self.cross_attn(h.reshape(k.size(0), -1, h.size(-1)), k, v, mask, step=cache is not None)
+            out = self.cross_attn(h.reshape(k.size(0), -1, h.size(-1)), k, v, mask)
             return out.reshape(h.shape)
 
         x = self._sublayer(x, self.norm1, self_attention)
