@@ -115,14 +115,14 @@ class MultiHeadAttention(nn.Module):
 
 
 def _matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, is_causal: bool, p: float) -> Tensor:
-    """SDPA's semantics as two matmuls (softmax in fp32) for bf16 on CPU, where SDPA's flash
-    kernel was 3-7x slower, forward and backward (docs/performance.md)."""
+    """SDPA's semantics as two matmuls (fp32 softmax): bf16 on CPU, where SDPA was 3-7x slower."""
     scores = torch.matmul(q * q.size(-1) ** -0.5, k.transpose(-2, -1))  # (B, H, L, M)
     if is_causal:  # mask the future: j > i
         scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1), -torch.inf)
     if mask is not None:
         scores = scores.masked_fill(~mask, -torch.inf)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    probs = probs if mask is None else probs.masked_fill(~mask, 0.0)  # no key left: 0, as SDPA (not nan)
     return torch.matmul((F.dropout(probs, p) if p else probs).to(v.dtype), v)
 
 
