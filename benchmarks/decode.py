@@ -18,7 +18,9 @@ Setup (documented because it decides what the numbers mean):
   `min_new_tokens = max_new_tokens = T_b`. Batches are length-sorted, as in evaluation.
 - HF: `transformers.MarianMTModel` with the same dimensions (post-norm, sinusoidal
   positions, scaled and tied embeddings: the same architecture), `generate(num_beams=4)` and
-  `generate(num_beams=1)` (greedy), run when `transformers` is installed (`bench` extra).
+  `generate(num_beams=1)` (greedy), run when `transformers` is installed (`bench` extra);
+  each with HF's default attention (SDPA: `hf`, `hf_greedy`) and with its eager attention
+  (`hf_eager`, `hf_greedy_eager`; same weights), as the faster differs by precision on CPU.
 - Precisions (`--precisions`, benchmarks/precisions.py): fp32, and bf16 = autocast to
   bfloat16 around the whole search (ours: every encode/decode call, as evaluate.py and
   translate.py decode a bf16-mixed checkpoint, `nmtbench.precision.decoding_context`; HF:
@@ -36,9 +38,9 @@ Setup (documented because it decides what the numbers mean):
   (max - min) / median.
 Reported: sentences/s and generated tokens/s per system and precision, and each system's
 best (faster) precision; in the JSON line that `--json` prints last, `speedup_vs_peer` (beam,
-ours / HF) and `speedup_vs_peer_greedy` in fp32, `speedup_vs_peer_best` and
-`speedup_vs_peer_greedy_best` with each system at its best precision, a `_spread` for each,
-and `cache_vs_no_cache`.
+ours / HF with its default attention) and `speedup_vs_peer_greedy` in fp32,
+`speedup_vs_peer_best` and `speedup_vs_peer_greedy_best` with each system at its best
+precision (HF: at its faster attention too), a `_spread` for each, and `cache_vs_no_cache`.
 A full run takes about 3-7 minutes on 2 idle cores (host-dependent; bf16 adds about half the
 fp32 time of the four cached searches); measured figures: benchmarks/RESULTS.md.
 """
@@ -69,8 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=37000)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    parser.add_argument("--systems", default="cache,hf,greedy,hf_greedy,no_cache",
-                        help="comma-separated subset of cache,hf,greedy,hf_greedy,no_cache")
+    parser.add_argument("--systems", default="cache,hf,hf_eager,greedy,hf_greedy,hf_greedy_eager,no_cache",
+                        help="comma-separated subset of cache,hf,hf_eager,greedy,hf_greedy,hf_greedy_eager,no_cache")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of every figure")
     parser.add_argument("--no-cache-batches", type=int, default=2,
                         help="batches (spread over the length range) decoded without the cache")
@@ -161,8 +163,11 @@ def run_hf(model, batches, beam_size: int, precision: str = "fp32") -> tuple[flo
 
 
 LABELS = {"cache": "nmtbench beam (cache)", "no_cache": "nmtbench beam (no cache)",
-          "hf": "HF MarianMT generate() beam", "greedy": "nmtbench greedy", "hf_greedy": "HF generate() greedy"}
-RATIOS = {"speedup_vs_peer": ("cache", "hf"), "speedup_vs_peer_greedy": ("greedy", "hf_greedy")}
+          "hf": "HF MarianMT generate() beam", "hf_eager": "HF generate() beam, eager attn",
+          "greedy": "nmtbench greedy", "hf_greedy": "HF generate() greedy",
+          "hf_greedy_eager": "HF generate() greedy, eager attn"}
+RATIOS = {"speedup_vs_peer": ("cache", ("hf", "hf_eager")),  # HF's variants: fp32 the first, _best the fastest
+          "speedup_vs_peer_greedy": ("greedy", ("hf_greedy", "hf_greedy_eager"))}
 RATE = "sentences_per_s_rounds"  # one sentences/s per round: what the ratios are computed from
 
 
@@ -216,9 +221,13 @@ def run(args: argparse.Namespace) -> int:
     reason = peers.missing("transformers")
     if reason is None:
         hf_model = peers.marian(cfg, args.vocab_size).eval()
+        hf_eager = peers.marian(cfg, args.vocab_size, attention="eager").eval()
+        hf_eager.load_state_dict(hf_model.state_dict())
         runners["hf"] = lambda b, p: run_hf(hf_model, [b], K, precision=p)
+        runners["hf_eager"] = lambda b, p: run_hf(hf_eager, [b], K, precision=p)
         runners["hf_greedy"] = lambda b, p: run_hf(hf_model, [b], 1, precision=p)
-    elif {"hf", "hf_greedy"} & set(systems):
+        runners["hf_greedy_eager"] = lambda b, p: run_hf(hf_eager, [b], 1, precision=p)
+    elif {"hf", "hf_eager", "hf_greedy", "hf_greedy_eager"} & set(systems):
         print(f"[decode] {reason}")
     systems = [s for s in systems if s in runners]
     # Every system in every precision, but the slow search without the cache in one only.
@@ -253,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         entry = results["systems"][name] = precisions.system_entry(per, RATE)
         for p, f in per.items():
             mark = "*" if several and len(per) > 1 and p == entry["best_precision"] else " "
-            print(f"  {LABELS[name]:<28} {p:4}{mark} {f['sentences']:5d} sentences {f['seconds']:8.1f} s  "
+            print(f"  {LABELS[name]:<32} {p:4}{mark} {f['sentences']:5d} sentences {f['seconds']:8.1f} s  "
                   f"{f['sentences_per_s']:7.2f} sentences/s  {f['tokens_per_s']:8.1f} tokens/s")
     if several:
         print("  * the system's faster precision")
@@ -269,9 +278,9 @@ def run(args: argparse.Namespace) -> int:
     results.update(cache_vs_no_cache=rate(cache) / rate(times["no_cache", no_cache_precision])
                    if common and cache else None, load_avg_end=os.getloadavg()[0])
     labels = {"speedup_vs_peer": f"nmtbench / HF generate(), beam {K}:",
-              "speedup_vs_peer_best": f"the same at each one's best precision, beam {K}:",
+              "speedup_vs_peer_best": f"each at its best (precision, HF's attention), beam {K}:",
               "speedup_vs_peer_greedy": "nmtbench / HF generate(), greedy:",
-              "speedup_vs_peer_greedy_best": "the same at each one's best precision, greedy:"}
+              "speedup_vs_peer_greedy_best": "each at its best (precision, HF's attention), greedy:"}
     for line in precisions.ratio_lines(results, RATIOS, tuple(RATIOS), RATE, labels, width=48):
         print(f"  {line}")
     if results["cache_vs_no_cache"] is not None:

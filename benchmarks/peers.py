@@ -40,7 +40,9 @@ def missing(*modules: str) -> str | None:
             f"skipped. Install the benchmark extra: {INSTALL}")
 
 
-def marian(cfg: TransformerConfig, vocab_size: int, dropout: float | None = None):
+def marian(cfg: TransformerConfig, vocab_size: int, dropout: float | None = None, attention: str | None = None):
+    """MarianMTModel with our Transformer's dimensions; `attention`: HF's attention kernel
+    (`attn_implementation`: None = HF's default, SDPA; "eager" = its matmul attention)."""
     from transformers import MarianConfig, MarianMTModel
 
     hf_cfg = MarianConfig(
@@ -54,7 +56,10 @@ def marian(cfg: TransformerConfig, vocab_size: int, dropout: float | None = None
         dropout=cfg.dropout if dropout is None else dropout,
         attention_dropout=cfg.attention_dropout, activation_dropout=cfg.activation_dropout,
     )
-    return MarianMTModel(hf_cfg)
+    model = MarianMTModel(hf_cfg)
+    if attention is not None:
+        model.set_attn_implementation(attention)
+    return model
 
 
 def marian_loss(model, batch: dict[str, Tensor], epsilon: float) -> Tensor:

@@ -10,8 +10,10 @@ The default is `fp32,bf16` where the device computes bf16 natively (a CUDA GPU w
 a CPU with AMX / AVX512-BF16: `nmtbench.precision.native_bf16`), else `fp32` alone with
 the reason: emulated bf16 is about 100x slower and would measure the emulation.
 A system's best precision is the one with the higher median rate over rounds; the `*_best`
-ratios compare each system at its own best precision. `ratios` computes every ratio as its
-median over rounds with its spread (`benchmarks.timing.ratio_over_rounds`).
+ratios compare each system at its own best precision, and a peer that runs as several
+variants (MarianMT with HF's SDPA and with its eager attention) at its best variant too.
+`ratios` computes every ratio as its median over rounds with its spread
+(`benchmarks.timing.ratio_over_rounds`).
 """
 
 from __future__ import annotations
@@ -68,35 +70,59 @@ def system_entry(per_precision: dict[str, dict], rate_key: str) -> dict:
     return entry
 
 
-def ratios(systems: Mapping[str, dict], pairs: Mapping[str, tuple[str, str]], with_best: Sequence[str],
-           rate_key: str) -> dict[str, float | None]:
-    """Each ratio `key` of `pairs` (numerator system, denominator system) as its median over
-    rounds of the per-round rates `rate_key`, with `<key>_spread`: both systems in fp32; for
-    the keys in `with_best` also `<key>_best` (+ `_spread`), each system at its own best
-    precision. None where a system, or its run in that precision, is missing."""
+Peer = str | tuple[str, ...]  # a system, or the variants of one peer (e.g. its attention kernels)
 
-    def rounds(name: str, precision: str | None) -> list[float] | None:
-        entry = systems.get(name)
-        if entry is None:
+
+def best_variant(systems: Mapping[str, dict], peer: Peer, rate_key: str) -> tuple[str, str] | None:
+    """(system, precision): the variant of `peer` (a name, or a tuple of names) and precision
+    with the highest median rate over rounds, each variant at its best precision; None when
+    no variant ran."""
+    present = [name for name in ((peer,) if isinstance(peer, str) else peer) if name in systems]
+    if not present:
+        return None
+
+    def median(name: str) -> float:
+        return statistics.median(systems[name]["precision"][systems[name]["best_precision"]][rate_key])
+
+    name = max(present, key=median)  # the first listed on a tie
+    return name, systems[name]["best_precision"]
+
+
+def ratios(systems: Mapping[str, dict], pairs: Mapping[str, tuple[Peer, Peer]], with_best: Sequence[str],
+           rate_key: str) -> dict[str, float | None]:
+    """Each ratio `key` of `pairs` (numerator, denominator: a system, or a tuple of a peer's
+    variants) as its median over rounds of the per-round rates `rate_key`, with
+    `<key>_spread`: in fp32, the first variant of each side (the peer as it comes); for the
+    keys in `with_best` also `<key>_best` (+ `_spread`), each side at its best variant and
+    precision (`best_variant`). None where a system, or its run in that precision, is missing."""
+
+    def rounds(choice: tuple[str, str] | None) -> list[float] | None:
+        if choice is None or choice[0] not in systems:
             return None
-        figures = entry["precision"].get(precision or entry["best_precision"])
+        figures = systems[choice[0]]["precision"].get(choice[1])
         return figures[rate_key] if figures else None
+
+    def first(peer: Peer) -> str:
+        return peer if isinstance(peer, str) else peer[0]
 
     out: dict[str, float | None] = {}
     for key, (a, b) in pairs.items():
-        for suffix, precision in (("", "fp32"), ("_best", None)):
+        for suffix in ("", "_best"):
             if suffix and key not in with_best:
                 continue
-            ra, rb = rounds(a, precision), rounds(b, precision)
+            if suffix:
+                ra, rb = rounds(best_variant(systems, a, rate_key)), rounds(best_variant(systems, b, rate_key))
+            else:
+                ra, rb = rounds((first(a), "fp32")), rounds((first(b), "fp32"))
             median, spread = ratio_over_rounds(ra, rb) if ra and rb else (None, None)
             out[key + suffix], out[f"{key}{suffix}_spread"] = median, spread
     return out
 
 
-def ratio_lines(results: Mapping, pairs: Mapping[str, tuple[str, str]], with_best: Sequence[str],
+def ratio_lines(results: Mapping, pairs: Mapping[str, tuple[Peer, Peer]], with_best: Sequence[str],
                 rate_key: str, labels: Mapping[str, str] | None = None, width: int = 32) -> list[str]:
     """One printed line per ratio of `ratios`: its label (`labels[key]`, else the key), value,
-    spread, rounds and the precisions compared."""
+    spread, rounds and the systems and precisions compared."""
     systems, lines = results["systems"], []
     for key, (a, b) in pairs.items():
         for suffix in ("", "_best") if key in with_best else ("",):
@@ -105,9 +131,12 @@ def ratio_lines(results: Mapping, pairs: Mapping[str, tuple[str, str]], with_bes
             if value is None:
                 lines.append(f"{label:{width}} n/a")
                 continue
-            pa, pb = ("fp32", "fp32") if not suffix else (systems[a]["best_precision"], systems[b]["best_precision"])
-            n = len(systems[a]["precision"][pa][rate_key])
-            which = "fp32" if not suffix else f"{a.split('/')[-1]} {pa} / {b.split('/')[-1]} {pb}"
+            if suffix:
+                (na, pa), (nb, pb) = best_variant(systems, a, rate_key), best_variant(systems, b, rate_key)
+                which = f"{na.split('/')[-1]} {pa} / {nb.split('/')[-1]} {pb}"
+            else:
+                na, which = a if isinstance(a, str) else a[0], "fp32"
+            n = len(systems[na]["precision"]["fp32" if not suffix else pa][rate_key])
             lines.append(f"{label:{width}} {value:.2f}x  (spread {spread:.0%} over {n} rounds; {which})")
     return lines
 
@@ -118,5 +147,5 @@ def add_argument(parser) -> None:
                              "computes bf16 natively, else fp32)")
 
 
-__all__ = ["LIGHTNING", "PRECISIONS", "add_argument", "best", "context", "ratio_lines", "ratios",
-           "resolve", "system_entry"]
+__all__ = ["LIGHTNING", "PRECISIONS", "Peer", "add_argument", "best", "best_variant", "context", "ratio_lines",
+           "ratios", "resolve", "system_entry"]

@@ -23,7 +23,10 @@ What is measured (documented because it decides what the numbers mean):
   computes bf16 natively (AMX / AVX512-BF16), else fp32 with the reason printed.
 - Groups (systems side by side):
     mini        our Transformer d_model 256, 3+3 layers, 4 heads, d_ff 1024, vocab 8000 |
-                MarianMTModel at the same dimensions
+                MarianMTModel at the same dimensions, with HF's default attention (SDPA,
+                `hf_marian`) and with its eager attention (`hf_marian_eager`): in bf16 on
+                CPU eager was the faster (docs/performance.md), so MarianMT's best is the
+                faster of the two
     base        the same at Transformer base (6+6, 512, 8 heads, 2048), vocab 37000
     lstm-mini   our lstm_attention (2 x 512, embeddings 256, vocab 8000, dot attention) with
                 input feeding and without | OpenNMT-py's RNN encoder-decoder with global dot
@@ -43,10 +46,12 @@ What is measured (documented because it decides what the numbers mean):
   group) and that over the matmul peak of that precision measured in the same run
   (`nmtbench.flops.measure_cpu_matmul_flops`, best of ~2 s at start and end); and each
   system's best (faster) precision.
-  speedup_vs_peer = ours / MarianMT at base size, speedup_vs_peer_mini at mini size,
+  speedup_vs_peer = ours / MarianMT (HF's default attention) at base size, speedup_vs_peer_mini
+  at mini size,
   speedup_vs_onmt_lstm = ours (input feeding) / OpenNMT-py at lstm-mini (and _paper),
   input_feeding_cost_* = tokens/s without input feeding / with it: all in fp32;
-  `<ratio>_best`: each system at its own faster precision; `<ratio>_spread` with each.
+  `<ratio>_best`: each system at its own faster precision (MarianMT: its faster attention
+  too); `<ratio>_spread` with each.
 Measured figures and how long a run takes: benchmarks/RESULTS.md.
 """
 
@@ -87,9 +92,9 @@ LSTMS = {  # the mini and paper sizes of configs/model/lstm_attention.yaml
 # fp32 + bf16, about 0.5-2.5 minutes a group on 2 idle cores (module docstring).
 GROUP_DEFAULTS = {"mini": (4096, 2), "base": (1024, 3), "lstm-mini": (4096, 2), "lstm-paper": (1024, 1)}
 # ratio key -> (numerator, denominator) system; those in BEST also get `<key>_best`.
-RATIOS = {
-    "speedup_vs_peer": ("base/nmtbench", "base/hf_marian"),
-    "speedup_vs_peer_mini": ("mini/nmtbench", "mini/hf_marian"),
+RATIOS = {  # a tuple: the peer's variants (fp32 ratio: the first; `_best`: the fastest)
+    "speedup_vs_peer": ("base/nmtbench", ("base/hf_marian", "base/hf_marian_eager")),
+    "speedup_vs_peer_mini": ("mini/nmtbench", ("mini/hf_marian", "mini/hf_marian_eager")),
     "speedup_vs_onmt_lstm": ("lstm-mini/nmtbench_feed", "lstm-mini/onmt_feed"),
     "speedup_vs_onmt_lstm_paper": ("lstm-paper/nmtbench_feed", "lstm-paper/onmt_feed"),
     "input_feeding_cost_mini": ("lstm-mini/nmtbench_nofeed", "lstm-mini/nmtbench_feed"),
@@ -187,10 +192,10 @@ def build_group(group: str, with_peers: bool, log: Callable[[str], None]) -> lis
         ours = TransformerSeq2Seq(cfg, vocab, peers.PAD).train()
         systems.append(System("nmtbench", ours, ours_loss(ours, 0.1), flops_of(ours)))
         reason = peers.missing("transformers") if with_peers else "--no-peers"
-        if reason is None:
-            hf = peers.marian(cfg, vocab).train()
-            systems.append(System("hf_marian", hf, lambda b, m=hf: peers.marian_loss(m, b, 0.1),
-                                  flops_of(ours)))
+        if reason is None:  # HF's default attention (SDPA), and its eager attention
+            for name, attention in (("hf_marian", None), ("hf_marian_eager", "eager")):
+                hf = peers.marian(cfg, vocab, attention=attention).train()
+                systems.append(System(name, hf, lambda b, m=hf: peers.marian_loss(m, b, 0.1), flops_of(ours)))
         else:
             log(f"[train-throughput] {reason}")
         return systems

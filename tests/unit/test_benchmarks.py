@@ -73,6 +73,28 @@ def test_ratios_are_medians_over_rounds_in_fp32_and_at_each_systems_best_precisi
     assert r["speedup_vs_onmt_lstm_best"] is None and r["speedup_vs_onmt_lstm_best_spread"] is None
 
 
+def test_a_peer_with_variants_is_compared_at_its_fastest_variant_and_precision():
+    """MarianMT runs with HF's default attention and with its eager attention: the fp32 ratio
+    takes the first variant (the peer as it comes), `_best` the variant and precision with the
+    highest median rate (here eager in bf16), and the printed line names it."""
+    systems = {
+        "mini/nmtbench": entry(fp32=[100.0, 100.0, 100.0], bf16=[300.0, 300.0, 300.0]),
+        "mini/hf_marian": entry(fp32=[80.0, 80.0, 80.0], bf16=[100.0, 100.0, 100.0]),
+        "mini/hf_marian_eager": entry(fp32=[50.0, 50.0, 50.0], bf16=[150.0, 200.0, 250.0]),
+    }
+    assert precisions.best_variant(systems, ("mini/hf_marian", "mini/hf_marian_eager"),
+                                   train_throughput.RATE) == ("mini/hf_marian_eager", "bf16")
+    r = train_throughput.ratios(systems)
+    assert r["speedup_vs_peer_mini"] == pytest.approx(1.25)  # fp32, default attention: 100 / 80
+    assert r["speedup_vs_peer_mini_best"] == pytest.approx(1.5)  # bf16 / eager bf16: 2.0, 1.5, 1.2
+    assert r["speedup_vs_peer_mini_best_spread"] == pytest.approx((2.0 - 1.2) / 1.5)
+    lines = precisions.ratio_lines({"systems": systems, **r}, train_throughput.RATIOS, train_throughput.BEST,
+                                   train_throughput.RATE)
+    assert any("1.50x" in line and "hf_marian_eager bf16" in line for line in lines)
+    del systems["mini/hf_marian_eager"]  # a variant that did not run: the other one alone
+    assert train_throughput.ratios(systems)["speedup_vs_peer_mini_best"] == pytest.approx(3.0)
+
+
 def test_ratio_over_rounds_needs_one_rate_per_round_on_both_sides():
     assert ratio_over_rounds([2.0], [1.0]) == (2.0, 0.0)
     with pytest.raises(ValueError):
