@@ -24,9 +24,7 @@ What is measured (documented because it decides what the numbers mean):
 - Groups (systems side by side):
     mini        our Transformer d_model 256, 3+3 layers, 4 heads, d_ff 1024, vocab 8000 |
                 MarianMTModel at the same dimensions, with HF's default attention (SDPA,
-                `hf_marian`) and with its eager attention (`hf_marian_eager`): in bf16 on
-                CPU eager was the faster (docs/performance.md), so MarianMT's best is the
-                faster of the two
+                `hf_marian`) and its eager attention (`hf_marian_eager`)
     base        the same at Transformer base (6+6, 512, 8 heads, 2048), vocab 37000
     lstm-mini   our lstm_attention (2 x 512, embeddings 256, vocab 8000, dot attention) with
                 input feeding and without | OpenNMT-py's RNN encoder-decoder with global dot
@@ -44,14 +42,11 @@ What is measured (documented because it decides what the numbers mean):
   all rounds, and per round), milliseconds per step, achieved FLOP/s (the model's analytic
   `flops_per_batch` on each batch's real lengths, the same count for every system of a
   group) and that over the matmul peak of that precision measured in the same run
-  (`nmtbench.flops.measure_cpu_matmul_flops`, best of ~2 s at start and end); and each
-  system's best (faster) precision.
-  speedup_vs_peer = ours / MarianMT (HF's default attention) at base size, speedup_vs_peer_mini
-  at mini size,
+  (`nmtbench.flops.measure_cpu_matmul_flops`, best of ~2 s at start and end); its best precision.
+  speedup_vs_peer = ours / MarianMT (HF's default attention) at base size, _mini at mini size,
   speedup_vs_onmt_lstm = ours (input feeding) / OpenNMT-py at lstm-mini (and _paper),
   input_feeding_cost_* = tokens/s without input feeding / with it: all in fp32;
-  `<ratio>_best`: each system at its own faster precision (MarianMT: its faster attention
-  too); `<ratio>_spread` with each.
+  `<ratio>_best`: each at its faster precision (MarianMT: and attention); `<ratio>_spread`.
 Measured figures and how long a run takes: benchmarks/RESULTS.md.
 """
 
