@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
               "speedup_vs_peer_best": f"each at its best (precision, HF's attention), beam {K}:",
               "speedup_vs_peer_greedy": "nmtbench / HF generate(), greedy:",
               "speedup_vs_peer_greedy_best": "each at its best (precision, HF's attention), greedy:"}
-    for line in precisions.ratio_lines(results, RATIOS, tuple(RATIOS), RATE, labels, width=48):
+    for line in precisions.ratio_lines(results, RATIOS, tuple(RATIOS), RATE, labels, width=54):
         print(f"  {line}")
     if results["cache_vs_no_cache"] is not None:
         print(f"  cache / no cache (same {len(common)} batches, {no_cache_precision}): "
