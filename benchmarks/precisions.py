@@ -73,11 +73,16 @@ def system_entry(per_precision: dict[str, dict], rate_key: str) -> dict:
 Peer = str | tuple[str, ...]  # a system, or the variants of one peer (e.g. its attention kernels)
 
 
+def _variants(peer: Peer) -> tuple[str, ...]:
+    """The peer's systems, first the peer as it comes (what the fp32 ratios compare)."""
+    return (peer,) if isinstance(peer, str) else peer
+
+
 def best_variant(systems: Mapping[str, dict], peer: Peer, rate_key: str) -> tuple[str, str] | None:
     """(system, precision): the variant of `peer` (a name, or a tuple of names) and precision
     with the highest median rate over rounds, each variant at its best precision; None when
     no variant ran."""
-    present = [name for name in ((peer,) if isinstance(peer, str) else peer) if name in systems]
+    present = [name for name in _variants(peer) if name in systems]
     if not present:
         return None
 
@@ -102,9 +107,6 @@ def ratios(systems: Mapping[str, dict], pairs: Mapping[str, tuple[Peer, Peer]], 
         figures = systems[choice[0]]["precision"].get(choice[1])
         return figures[rate_key] if figures else None
 
-    def first(peer: Peer) -> str:
-        return peer if isinstance(peer, str) else peer[0]
-
     out: dict[str, float | None] = {}
     for key, (a, b) in pairs.items():
         for suffix in ("", "_best"):
@@ -113,7 +115,7 @@ def ratios(systems: Mapping[str, dict], pairs: Mapping[str, tuple[Peer, Peer]], 
             if suffix:
                 ra, rb = rounds(best_variant(systems, a, rate_key)), rounds(best_variant(systems, b, rate_key))
             else:
-                ra, rb = rounds((first(a), "fp32")), rounds((first(b), "fp32"))
+                ra, rb = rounds((_variants(a)[0], "fp32")), rounds((_variants(b)[0], "fp32"))
             median, spread = ratio_over_rounds(ra, rb) if ra and rb else (None, None)
             out[key + suffix], out[f"{key}{suffix}_spread"] = median, spread
     return out
@@ -135,7 +137,7 @@ def ratio_lines(results: Mapping, pairs: Mapping[str, tuple[Peer, Peer]], with_b
                 (na, pa), (nb, pb) = best_variant(systems, a, rate_key), best_variant(systems, b, rate_key)
                 which = f"{na.split('/')[-1]} {pa} / {nb.split('/')[-1]} {pb}"
             else:
-                na, which = a if isinstance(a, str) else a[0], "fp32"
+                na, which = _variants(a)[0], "fp32"
             n = len(systems[na]["precision"]["fp32" if not suffix else pa][rate_key])
             lines.append(f"{label:{width}} {value:.2f}x  (spread {spread:.0%} over {n} rounds; {which})")
     return lines

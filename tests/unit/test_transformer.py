@@ -266,9 +266,10 @@ def test_sdpa_is_causal_path_equals_masked_reference(monkeypatch, pre_norm):
 @pytest.mark.parametrize("queries", [1, 4, 7])
 def test_matmul_attention_equals_sdpa(queries):
     """bf16 attention on CPU runs as two matmuls (`_matmul_attention`): SDPA's outputs and
-    gradients for padding masks (a row with no key left included), causal masking and no mask, with 1 query (a decoding step),
-    K (a sentence's beams on its shared memory) or as many as keys; checked in fp32, where
-    the two must agree tightly, and in bf16 within its rounding."""
+    gradients for padding masks (a row with no key left included), causal masking and no
+    mask, with 1 query (a decoding step), K (a sentence's beams on its shared memory) or as
+    many as keys; checked in fp32, where the two must agree tightly, and in bf16 within its
+    rounding."""
     from nmtbench.models.transformer import _matmul_attention
 
     g = torch.Generator().manual_seed(0)
@@ -276,7 +277,8 @@ def test_matmul_attention_equals_sdpa(queries):
     mask = (torch.arange(7)[None] < torch.tensor([7, 2, 5])[:, None])[:, None, None, :]
     masked_row = mask.clone()
     masked_row[1] = False  # every key masked: SDPA gives 0 (and zero gradients), not nan
-    cases = [dict(mask=mask), dict(mask=masked_row), dict(mask=None)] + ([dict(mask=None, is_causal=True)] if queries == 7 else [])
+    cases = [dict(mask=mask), dict(mask=masked_row), dict(mask=None)]
+    cases += [dict(mask=None, is_causal=True)] if queries == 7 else []  # causal: L == M
     for case in cases:
         grads = []
         for fn in (_matmul_attention, None):
