@@ -89,3 +89,22 @@ def _fresh_rendezvous():
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+# The fault table (tests/faults/table.py): rows arrive in the tests' reports, from this process
+# or from pytest-xdist's workers; this (root) conftest is the one the controller loads.
+_FAULT_ROWS: list = []
+
+
+def pytest_runtest_logreport(report):
+    from tests.faults.table import rows_of
+
+    _FAULT_ROWS.extend(rows_of(report))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _FAULT_ROWS:
+        from tests.faults.table import render
+
+        terminalreporter.section("fault table (tests/faults)")
+        terminalreporter.write_line(render(_FAULT_ROWS))
