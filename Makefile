@@ -1,7 +1,7 @@
 # nmtbench entry points. `make smoke` and `make test` install everything they need first.
 PYTHON ?= python3
 # pytest-xdist workers for `make test`: the suite is mostly single-threaded subprocess runs
-# (tests set OMP_NUM_THREADS=1), so 2 workers on 2 cores take ~0.55x the serial time.
+# (tests set OMP_NUM_THREADS=1), so 2 workers on 2 cores take a little over half the serial time.
 TEST_WORKERS ?= 2
 
 .PHONY: setup smoke train test test-fast lint format lowest
